@@ -1,0 +1,385 @@
+"""Tests for mtgrpo.py: every piece of the method against hand-computed values or derived statistics,
+then the trainer end to end on the tiny model. All on CPU. Run: python -m pytest -q"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import mtgrpo as M
+
+
+# -----------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return M.build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    return M.load_model(tiny_dir, torch.device("cpu"))
+
+
+# -----------------------------------------------------------------------------
+# Eq. 11: group advantages
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.1, 0.1]])
+    # mean 0.25; population var 3/16 -> std 0.4330; sample var 0.25 -> std 0.5
+    a = M.group_advantages(r, unbiased=True)
+    assert torch.allclose(a[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6))
+    assert torch.equal(a[1], torch.zeros(4))  # constant group: no signal
+    a = M.group_advantages(r, unbiased=False)
+    assert torch.allclose(a[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (math.sqrt(3) / 4 + 1e-6))
+
+
+def test_group_advantages_rejects_single_rollout():
+    with pytest.raises(ValueError, match="N >= 2"):
+        M.group_advantages(torch.ones(3, 1))
+
+
+# -----------------------------------------------------------------------------
+# Zero-gradient filter
+
+
+def test_filters_hand_computed():
+    r = torch.tensor([[1.0, 0.0],    # mixed: kept by both
+                      [1.0, 1.0],    # all correct: dropped by both
+                      [0.0, 0.0],    # all wrong: dropped by both
+                      [0.1, 0.0],    # no correct but varied: strict drops, lenient keeps
+                      [0.1, 0.1],    # constant format credit: both drop (the released lenient mode keeps it)
+                      [1.0, 0.1]])   # one correct: both keep
+    assert M.zero_gradient_keep(r, "strict").tolist() == [True, False, False, False, False, True]
+    assert M.zero_gradient_keep(r, "lenient").tolist() == [True, False, False, True, False, True]
+    assert M.zero_gradient_keep(r, "none").all()
+    with pytest.raises(ValueError, match="filter mode"):
+        M.zero_gradient_keep(r, "loose")
+
+
+def test_response_mask_includes_first_eos_even_when_pad_is_eos():
+    eos = 1
+    tokens = torch.tensor([[5, 6, eos, eos, eos],   # pad == eos after the first EOS
+                           [5, 6, 7, 8, 9],         # truncated: every token counts
+                           [eos, 7, eos, 0, 0]])
+    m = M.response_mask(tokens, [eos])
+    assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert M.response_mask(torch.tensor([[5, 9, 7]]), [1, 9]).tolist() == [[1, 1, 0]]  # several EOS ids
+
+
+# -----------------------------------------------------------------------------
+# Token log-probs: chunked selective log-softmax == naive log_softmax + gather
+
+
+@pytest.mark.parametrize("chunk,temperature", [(1, 1.0), (7, 0.7), (4096, 1.3)])
+def test_token_logprobs_equal_naive(chunk, temperature):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (3, 5), generator=g)
+    fast = M.token_logprobs(h, w, y, temperature, chunk_size=chunk)
+    naive = torch.log_softmax((h @ w.T) / temperature, dim=-1).gather(-1, y[..., None]).squeeze(-1)
+    assert torch.allclose(fast, naive, atol=1e-12)
+    gf = torch.autograd.grad(fast.sum(), (h, w))
+    gn = torch.autograd.grad(naive.sum(), (h, w))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(gf, gn))
+
+
+# -----------------------------------------------------------------------------
+# Eq. 13: clipped surrogate and the GRPO loss
+
+
+def test_clipped_surrogate_each_side_each_sign():
+    eps_low, eps_high = 0.2, 0.28
+    ratios = torch.tensor([0.5, 1.1, 1.5])           # below 1-eps_low, inside, above 1+eps_high
+    old = torch.zeros(1, 3)
+    logp = torch.log(ratios)[None]
+    pos = M.clipped_surrogate(logp, old, torch.tensor([2.0]), eps_low, eps_high)
+    neg = M.clipped_surrogate(logp, old, torch.tensor([-2.0]), eps_low, eps_high)
+    # A > 0: min(rA, clip(r)A) -> r below: 0.5*2 = 1.0 (unclipped, min); inside 2.2; above clipped 1.28*2
+    assert torch.allclose(pos, torch.tensor([[1.0, 2.2, 2.56]]))
+    # A < 0: below -> clipped to 0.8*-2 = -1.6; inside -2.2; above -3.0 (unclipped, min)
+    assert torch.allclose(neg, torch.tensor([[-1.6, -2.2, -3.0]]))
+
+
+def test_grpo_loss_token_and_seq_mean_hand_computed():
+    logp = torch.log(torch.tensor([[1.1, 1.5, 1.0], [0.5, 1.0, 1.0]]))
+    old = torch.zeros(2, 3)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # terms: row 0: 2.2, 2.56 (clipped); row 1: r=0.5, A<0 -> clip to 0.8 -> -0.8
+    loss, st = M.grpo_loss(logp, old, adv, mask, 0.2, 0.28, agg="token_mean")
+    assert loss.item() == pytest.approx(-(2.2 + 2.56 - 0.8) / 3)
+    assert st["clip_frac"] == pytest.approx(2 / 3)
+    loss, _ = M.grpo_loss(logp, old, adv, mask, 0.2, 0.28, agg="seq_mean")
+    assert loss.item() == pytest.approx(-(((2.2 + 2.56) / 2) + (-0.8)) / 2)
+
+
+def test_grpo_loss_k3_kl_term():
+    logp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    # u = pi_ref / pi = 0.5: f = 0.5 - log 0.5 - 1 = 0.19315; ratio 1, A = 0 -> loss = tau * f
+    loss, _ = M.grpo_loss(logp, logp, torch.zeros(1), torch.ones(1, 1), tau=0.1, ref_logp=ref)
+    assert loss.item() == pytest.approx(0.1 * (0.5 - math.log(0.5) - 1))
+    with pytest.raises(ValueError, match="ref_logp"):
+        M.grpo_loss(logp, logp, torch.zeros(1), torch.ones(1, 1), tau=0.1)
+
+
+def test_grpo_loss_gradient_sign():
+    """Ascending J_GRPO must raise the log-prob of a positive-advantage token: d loss / d logp < 0."""
+    logp = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = M.grpo_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1))
+    loss.backward()
+    assert logp.grad.item() < 0
+
+
+def test_grpo_loss_shape_mismatch_names_shapes():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        M.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3))
+
+
+def _rows(tokenizer, n_rows=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(2, 90, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n_rows)]
+    responses = torch.randint(2, 90, (n_rows, 7), generator=g)
+    responses[0, 2] = tokenizer.eos_token_id      # an early EOS: the rest of that row is masked
+    mask = M.response_mask(responses, [tokenizer.eos_token_id])
+    adv = torch.randn(n_rows, generator=g)
+    return M.Rows(prompts, responses, mask, adv, torch.zeros(n_rows, dtype=torch.long))
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean"])
+def test_micro_batches_give_the_full_batch_gradient(tiny, agg):
+    model, tok = tiny
+    rows = _rows(tok)
+    cfg = M.Config(loss_agg=agg)
+    old = M.batch_logprobs(model, rows, list(range(6)), M.Config(micro_batch_size=6), tok.pad_token_id) - 0.05
+
+    def grads(micro):
+        cfg.micro_batch_size = micro
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights alone
+        M.grpo_update(model, opt, rows, list(range(6)), old, cfg, 0.28, tok.pad_token_id)
+        return [p.grad.clone() for p in model.parameters()]
+
+    full, split = grads(6), grads(4)  # 4 + 2 rows: unequal micro-batches, unequal token counts
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(full, split))
+    assert any(a.abs().max() > 0 for a in full)
+
+
+def test_policy_logprobs_match_generate_scores(tiny):
+    """Recomputed log-probs (left padding, position ids, temperature) equal the sampler's own."""
+    model, tok = tiny
+    prompts = [tok("copy abc:")["input_ids"], tok("sum 3+4 kq:")["input_ids"]]
+    ids, att = M.left_pad(prompts, tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
+                             max_new_tokens=5, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=tok.pad_token_id, eos_token_id=[tok.eos_token_id])
+        resp = out.sequences[:, ids.shape[1]:]
+        ref = torch.stack([torch.log_softmax(l.float() / 0.7, -1) for l in out.logits], 1).gather(-1, resp[..., None]).squeeze(-1)
+        ours = M.policy_logprobs(model, prompts, resp, tok.pad_token_id, 0.7)
+    mask = M.response_mask(resp, [tok.eos_token_id]).bool()
+    assert torch.allclose(ours[mask], ref[mask], atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# Eq. 8: per-task objective and improvement
+
+
+def test_task_objectives_and_improvement_hand_computed():
+    surrogate = torch.tensor([[1.0, 3.0], [2.0, 0.0], [5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    task = torch.tensor([0, 0, 2])
+    j = M.task_objectives(surrogate, mask, task, K=3)
+    assert j.tolist() == [2.0, 0.0, 5.0]  # task 0: (1+3+2)/3 tokens; task 1 absent -> 0
+    i = M.task_improvement(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.05, -0.3, 0.2]), clip=0.1)
+    assert torch.allclose(i, torch.tensor([0.05, -0.1, 0.1]))
+
+
+# -----------------------------------------------------------------------------
+# Subroutine 1 (IWU) and Subroutine 2
+
+
+def test_iwu_one_sgd_step_hand_computed():
+    xi = torch.zeros(3, requires_grad=True)
+    z = torch.softmax(xi.detach(), 0)
+    I, J = torch.tensor([0.1, 0.0, -0.1]), torch.tensor([0.5, 0.2, 0.8])
+    g = M.iwu_gradient(z, I, J, lam=0.5)
+    # s = I + 0.5 J = [0.35, 0.10, 0.30]; z.s = 0.25; g = (1/3)(s - 0.25) = [0.1, -0.15, 0.05]/3
+    assert torch.allclose(g, torch.tensor([0.1, -0.15, 0.05]) / 3)
+    opt = torch.optim.SGD([xi], lr=2.0)
+    xi.grad = g
+    opt.step()
+    assert torch.allclose(xi.detach(), -2.0 * torch.tensor([0.1, -0.15, 0.05]) / 3)
+    assert torch.softmax(xi.detach(), 0).argmax() == 1  # lowest s (low reward, no improvement) gains most
+
+
+def test_subroutine2_one_step_hand_computed():
+    xi = torch.tensor([1.0, 0.0])
+    z = torch.softmax(xi, 0)                               # [e/(e+1), 1/(e+1)] = [0.7311, 0.2689]
+    J = torch.tensor([0.2, 0.6])
+    g = M.reward_l2_gradient(z, J, xi, eta=0.01)
+    zJ = 0.7311 * 0.2 + 0.2689 * 0.6
+    expect = torch.tensor([0.7311 * (0.2 - zJ) + 0.01, 0.2689 * (0.6 - zJ)])
+    assert torch.allclose(g, expect, atol=1e-4)
+    assert torch.allclose(xi - 0.5 * g, torch.tensor([1.0, 0.0]) - 0.5 * expect, atol=1e-4)
+
+
+def _simulate_weights(improvement_gain: float, steps: int = 3000, lam: float = 1.0, beta: float = 1.0):
+    """K = 3 tasks with fixed rewards J = (0.2, 0.5, 0.8). A task improves in proportion to its share of
+    the batch, I_k = gain * z_k (clipped to c = 0.1): more data on a task, more progress on it."""
+    J = torch.tensor([0.2, 0.5, 0.8])
+    xi = torch.zeros(3)
+    for _ in range(steps):
+        z = torch.softmax(xi, 0)
+        I = M.task_improvement(torch.zeros(3), improvement_gain * z, clip=0.1)
+        xi = xi - beta * M.iwu_gradient(z, I, J, lam)
+    return torch.softmax(xi, 0)
+
+
+def test_iwu_reward_only_collapses_onto_worst_task():
+    """Fig. 2: with lambda-only signals (I = 0, eta = 0) the weights collapse onto the worst task."""
+    z = _simulate_weights(improvement_gain=0.0)
+    assert z[0] > 0.99
+
+
+def test_iwu_improvement_signal_prevents_collapse():
+    """With I_k = 0.2 z_k, IWU settles where every s_k = 0.2 z_k + lam J_k is equal (then g = 0):
+    z_k = (c - lam J_k) / 0.2 with sum z = 1 gives c = 0.35 / 3 and z = (29, 20, 11) / 60 for lam = 0.1
+    (the largest I = 0.2 * 29/60 = 0.097 stays under the clip c = 0.1). No collapse, worst task first."""
+    z = _simulate_weights(improvement_gain=0.2, lam=0.1)
+    assert torch.allclose(z, torch.tensor([29.0, 20.0, 11.0]) / 60, atol=1e-3)
+
+
+def test_iwu_rejects_non_distribution():
+    with pytest.raises(ValueError, match="z must be a probability vector"):
+        M.iwu_gradient(torch.tensor([0.5, 0.6]), torch.zeros(2), torch.zeros(2), 0.2)
+    with pytest.raises(ValueError, match="shape"):
+        M.iwu_gradient(torch.tensor([0.5, 0.5]), torch.zeros(3), torch.zeros(2), 0.2)
+
+
+def test_sec_distribution_boltzmann():
+    p = M.sec_distribution(np.array([0.0, 0.2]), temperature=0.2)
+    assert p == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])
+
+
+# -----------------------------------------------------------------------------
+# Algorithm 2: RP sampler, and the baselines' sampler
+
+
+RATES = np.array([0.1, 0.5, 0.8])
+
+
+def _fake_round(rng, rates):
+    """generate + score + filter without a model: task k's prompt survives with prob 1 - rates[k]."""
+    return lambda counts: [[k] * int(rng.binomial(int(c), 1 - rates[k])) for k, c in enumerate(counts)]
+
+
+def _mean_shares(sampler, z, B=32, draws=300, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    rho, shares, sizes = np.zeros(3), [], []
+    for _ in range(draws):
+        b = sampler(z, B, _fake_round(rng, RATES), rho, rng, **kw)
+        rho = b.rho
+        shares.append(np.bincount(b.tasks, minlength=3) / len(b.tasks))
+        sizes.append(len(b.groups))
+    return np.mean(shares, axis=0), sizes, rho
+
+
+def test_rp_sampler_realized_shares_match_z():
+    """Once every deficit is met, trimming keeps exactly n_k ~ Mult(B, z) prompts of task k, so a batch's
+    share of task k has mean z_k and variance z_k (1 - z_k) / B; over S draws the mean share has std
+    sqrt(z_k (1 - z_k) / (B S)). We allow 4 std (B = 32, S = 300: 0.013 for z = 0.8)."""
+    z, B, S = np.array([0.1, 0.1, 0.8]), 32, 300
+    shares, sizes, rho = _mean_shares(M.rp_sample, z, B, S)
+    tol = 4 * np.sqrt(z * (1 - z) / (B * S))
+    assert np.all(np.abs(shares - z) < tol), (shares, tol)
+    assert all(s == B for s in sizes)
+    assert np.allclose(rho, RATES, atol=0.15)  # the EMA tracks the true filter rates
+
+
+def test_filtering_alone_under_represents_high_filter_task():
+    """Fig. 12: drawing by z and filtering (DAPO / IWU-only) leaves task k a share of about
+    z_k (1 - rho_k) / sum_j z_j (1 - rho_j): 0.8 * 0.2 / 0.3 = 0.533 for the 0.8-weight task. The
+    tolerance is 4 std of the mean share, with the per-batch share std bounded by 0.5 / sqrt(B)."""
+    z, B, S = np.array([0.1, 0.1, 0.8]), 32, 300
+    shares, sizes, _ = _mean_shares(M.dynamic_sample, z, B, S)
+    expect = z * (1 - RATES) / (z * (1 - RATES)).sum()
+    assert np.all(np.abs(shares - expect) < 4 * 0.5 / np.sqrt(B * S)), (shares, expect)
+    assert shares[2] < 0.6  # far below its weight 0.8
+    assert all(s == B for s in sizes)
+
+
+def test_rp_sampler_short_batch_and_round_cap():
+    rng = np.random.default_rng(1)
+    never = _fake_round(rng, np.array([1.0, 1.0, 0.9]))  # tasks 0, 1 always filtered
+    for n_rs in (0, 2, 5):
+        b = M.rp_sample(np.ones(3) / 3, 32, never, np.zeros(3), rng, max_rounds=n_rs)
+        assert b.rounds == n_rs + 1  # the first round plus N_rs resampling rounds, never more
+        assert len(b.groups) < 32 and set(b.tasks) <= {2}
+        assert b.accepted[-1][0] == 0 and np.all(b.rho < 1)
+
+
+def test_rp_sampler_exactly_b_when_enough_survive():
+    rng = np.random.default_rng(2)
+    for B in (1, 5, 32):
+        b = M.rp_sample(np.array([0.2, 0.3, 0.5]), B, _fake_round(rng, RATES), np.zeros(3), rng)
+        assert len(b.groups) == B == len(b.tasks)
+        assert b.rounds <= 11 and sum(b.targets) == B
+
+
+def test_acceptance_aware_inflation_lowers_rounds():
+    """Fig. 16. With z uniform and rates (0.05, 0.1, 0.75), M_os = 3: without inflation the first round
+    accepts 3 * 0.25 = 0.75 of task 2's target, so a second round is (almost) always needed; with
+    m = (1.05, 1.11, 4) the inflated round accepts 3 / mean(m) = 1.45x every target, so one usually
+    suffices. Over 300 draws the mean rounds differ by ~0.7 with a standard error of ~0.03."""
+    rates = np.array([0.05, 0.1, 0.75])
+    mean_rounds = {}
+    for inflate in (True, False):
+        rng = np.random.default_rng(3)
+        mean_rounds[inflate] = np.mean([M.rp_sample(np.ones(3) / 3, 64, _fake_round(rng, rates), rates, rng,
+                                                    inflate=inflate).rounds for _ in range(300)])
+    assert mean_rounds[True] < mean_rounds[False] - 0.3, mean_rounds
+
+
+def test_filter_rate_ema_updates_every_generating_task():
+    rho = M.update_filter_rates(np.array([0.5, 0.5, 0.5]), np.array([10, 4, 0]), np.array([10, 1, 0]), decay=0.9)
+    # task 0: nothing filtered -> decays toward 0 (the released code would leave it at 0.5); task 2: no data
+    assert rho == pytest.approx([0.45, 0.45 + 0.1 * 0.75, 0.5])
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(z=np.array([0.5, 0.6, 0.1])), "z must be a probability"),
+    (dict(B=0), "B \\(batch size"),
+    (dict(rho=np.array([0.0, 1.0, 0.0])), "rho must"),
+    (dict(rho=np.array([0.0, 0.0])), "rho must"),
+    (dict(acc_cap=0.5), "M_acc"),
+    (dict(max_rounds=-1), "N_rs"),
+    (dict(os_factor=0.5), "M_os"),
+])
+def test_sampler_bad_arguments_name_the_argument(kwargs, name):
+    args = dict(z=np.ones(3) / 3, B=4, sample_round=lambda c: [[], [], []], rho=np.zeros(3),
+                rng=np.random.default_rng(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        M.rp_sample(**args)
+
+
+# -----------------------------------------------------------------------------
+# Metrics (SPEC 9)
+
+
+def test_metrics_hand_computed():
+    acc = {"a": 0.5, "b": 0.2, "c": 0.9}
+    assert M.worst_and_average(acc) == (0.2, pytest.approx(1.6 / 3))
+    base = {"a": 0.25, "b": 0.4, "c": 0.9}
+    assert M.average_relative_change(acc, base) == pytest.approx(100 * (1.0 - 0.5 + 0.0) / 3)
+    assert M.mean_at_k(np.array([[1, 0, 0, 1], [1, 1, 1, 1]])) == 0.75
+    assert M.steps_to_threshold([10, 20, 30], [0.2, 0.41, 0.5], 0.4) == 20
+    assert M.steps_to_threshold([10], [0.2], 0.4) is None
