@@ -651,18 +651,20 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eos_ids: list[int],
-             max_new_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+             max_new_tokens: int, **overrides: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """n sampled responses for each prompt -> [(tokens (n, T), mask (n, T))] per prompt, on CPU.
 
     Prompts go through generate() in chunks of cfg.gen_batch_size rows. We pass a complete
     GenerationConfig so nothing is inherited from the model's own (an instruct model's top_k = 20 or
     repetition_penalty would make the sampling distribution differ from the one the loss assumes).
+    `overrides` go into that GenerationConfig (the W1 benchmark suppresses EOS to fix lengths).
     """
     from transformers import GenerationConfig
 
     gen_cfg = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                max_new_tokens=max_new_tokens, num_return_sequences=n,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, bos_token_id=None)
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, bos_token_id=None,
+                               **overrides)
     device = next(model.parameters()).device
     per_call = max(1, cfg.gen_batch_size // n)
     out = []
