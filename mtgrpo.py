@@ -475,9 +475,9 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo: the tiny model on the toy tasks, about a minute on 2 cores.
-    "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=30, eval_every=10, eval_k=4, eval_prompts=32,
+    "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64,
                  n_train=1000, batch_size=16, num_rollouts=8, max_prompt_len=32, max_response_len=4,
-                 gen_batch_size=512, minibatch_size=16, micro_batch_size=128, lr=2e-3, max_resample_rounds=3),
+                 gen_batch_size=512, minibatch_size=16, micro_batch_size=128, lr=3e-3, max_resample_rounds=3),
     # Paper Exp. 1 (Qwen2.5-3B, 3 tasks), App. E.
     "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72,
                  minibatch_size=8, max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2,
@@ -606,9 +606,17 @@ def load_model(name: str, device: torch.device, grad_checkpointing: bool = False
                          "pass a local directory holding a saved model (--model /path/to/model) or use --model tiny") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function,
+    # or the first ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    if hasattr(model.config, "attention_dropout"):
+        model.config.attention_dropout = 0.0
     if grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = True
+    model.train()
     return model.to(device), tokenizer
 
 
@@ -771,7 +779,6 @@ def grpo_update(model, opt, rows: Rows, idx: list[int], old_logp: torch.Tensor |
     loss_sum, clip_sum, ratio_sum, n_tok = 0.0, 0.0, 0.0, 0.0
     for j, (ix, t) in enumerate(micro_batches(idx, rows, cfg.micro_batch_size)):
         sl = slice(j * cfg.micro_batch_size, j * cfg.micro_batch_size + len(ix))
-        model.train()
         logp = policy_logprobs(model, [rows.prompts[i] for i in ix], rows.responses[ix, :t], pad_id, cfg.temperature)
         old = logp.detach() if old_logp is None else old_logp[sl, :t].to(device)
         used_old[sl, :t] = old.float().cpu()
