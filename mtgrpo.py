@@ -662,9 +662,10 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
              max_new_tokens: int, **overrides: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """n sampled responses for each prompt -> [(tokens (n, T), mask (n, T))] per prompt, on CPU.
 
-    Prompts go through generate() in chunks of cfg.gen_batch_size rows. We pass a complete
-    GenerationConfig so nothing is inherited from the model's own (an instruct model's top_k = 20 or
-    repetition_penalty would make the sampling distribution differ from the one the loss assumes).
+    Prompts go through generate() in chunks of cfg.gen_batch_size rows. generate() fills every unset
+    field of our GenerationConfig from the model's own (an instruct model's repetition_penalty 1.05,
+    top_k 20...), which would make the sampling distribution differ from the one the loss assumes, so
+    the model's config is swapped for a neutral one during the call.
     `overrides` go into that GenerationConfig (the W1 benchmark suppresses EOS to fix lengths).
     """
     from transformers import GenerationConfig
@@ -676,16 +677,20 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
     device = next(model.parameters()).device
     per_call = max(1, cfg.gen_batch_size // n)
     out = []
-    was_training = model.training
-    model.eval()  # no dropout while sampling; the KV cache is on (use_cache=True)
-    for i in range(0, len(prompts), per_call):
-        ids, att = left_pad(prompts[i:i + per_call], tokenizer.pad_token_id)
-        with autocast(device):
-            seq = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gen_cfg)
-        resp = seq[:, ids.shape[1]:].cpu()                          # (rows, T), grouped by prompt
-        mask = response_mask(resp, eos_ids)
-        out += [(resp[j * n:(j + 1) * n], mask[j * n:(j + 1) * n]) for j in range(len(resp) // n)]
-    model.train(was_training)
+    was_training, model_gen_cfg = model.training, model.generation_config
+    model.eval()  # the KV cache is on (use_cache=True)
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
+    try:
+        for i in range(0, len(prompts), per_call):
+            ids, att = left_pad(prompts[i:i + per_call], tokenizer.pad_token_id)
+            with autocast(device):
+                seq = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gen_cfg)
+            resp = seq[:, ids.shape[1]:].cpu()                      # (rows, T), grouped by prompt
+            mask = response_mask(resp, eos_ids)
+            out += [(resp[j * n:(j + 1) * n], mask[j * n:(j + 1) * n]) for j in range(len(resp) // n)]
+    finally:
+        model.train(was_training)
+        model.generation_config = model_gen_cfg
     return out
 
 

@@ -188,6 +188,25 @@ def test_policy_logprobs_match_generate_scores(tiny):
     assert torch.allclose(ours[mask], ref[mask], atol=1e-5)
 
 
+def test_generate_ignores_the_models_own_sampling_settings(tiny):
+    """generate() would fill unset fields from model.generation_config (an instruct model's
+    repetition_penalty, top_k...). Here the model's config suppresses ids 2..59; sampling at temperature
+    1 from a near-uniform tiny model must still produce them: P(none in 128 draws) ~ (38/97)^128."""
+    from transformers import GenerationConfig
+
+    model, tok = tiny
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(suppress_tokens=list(range(2, 60)), top_k=1, pad_token_id=0, eos_token_id=1)
+    try:
+        torch.manual_seed(0)
+        outs = M.generate(model, tok, [tok("copy: abc")["input_ids"]] * 2, 8, M.Config(), [1], max_new_tokens=8)
+    finally:
+        model.generation_config = saved
+    tokens = torch.cat([r for r, _ in outs])
+    assert ((tokens >= 2) & (tokens < 60)).any()
+    assert model.generation_config is saved
+
+
 # -----------------------------------------------------------------------------
 # Eq. 8: per-task objective and improvement
 
