@@ -1,0 +1,162 @@
+"""One full MT-GRPO step of a randomly initialized Qwen2.5-0.5B-shaped model on one GPU.
+
+Shape: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied embeddings; fp32 master
+weights with bf16 autocast, as the trainer runs. The step is the trainer's own functions in Algorithm 1
+order: RP sampler (generate + score + filter) -> old log-probs -> minibatch updates -> I_k pass -> IWU.
+B * N = 256 responses (B = 32 prompts x N = 8) of exactly --response-len tokens (EOS suppressed: a random
+model never stops), 128-token random prompts, random rewards so that about half the groups survive.
+
+Prints: generation tokens/s, update tokens/s and MFU (6 x params x tokens + attention FLOPs over the
+measured update time, against --peak-tflops, H100 SXM dense bf16 = 989), peak GPU memory, and the step
+split (generation / old log-probs / update / I_k pass / sampler + IWU bookkeeping).
+
+    python bench/gpu.py                  # on a GPU machine (targets: >= 20k gen tok/s, >= 35% MFU, <= 40 GB)
+    python bench/gpu.py --smoke          # a scaled-down shape that runs on CPU in seconds (checks the script)
+"""
+
+import argparse
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import mtgrpo as M  # noqa: E402
+
+QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768)
+SMOKE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, vocab_size=1000, tie_word_embeddings=True, max_position_embeddings=512)
+
+
+def build_model(shape: dict, device: torch.device):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**shape, pad_token_id=0, eos_token_id=1, bos_token_id=None, use_cache=True)
+    model = Qwen2ForCausalLM(cfg).float().to(device)  # fp32 master weights; bf16 comes from autocast
+    model.train()
+    return model
+
+
+def update_flops(shape: dict, n_params: int, tokens: int, ctx: int) -> float:
+    """Training FLOPs: 6 per parameter per token (forward 2 + backward 4), plus attention scores and
+    values, 12 x layers x hidden x context per token. Tied embeddings: the lm_head matmul is counted once
+    through n_params (the embedding lookup itself is free)."""
+    return 6 * n_params * tokens + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * ctx * tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny shape and sizes, runs on CPU")
+    p.add_argument("--prompts", type=int, default=32)        # B
+    p.add_argument("--rollouts", type=int, default=8)        # N
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--response-len", type=int, default=1024)
+    p.add_argument("--gen-batch-size", type=int, default=256)
+    p.add_argument("--micro-batch-size", type=int, default=16)
+    p.add_argument("--minibatch-size", type=int, default=8)  # prompts per optimizer step: 4 updates
+    p.add_argument("--os-factor", type=float, default=1.0,
+                   help="M_os; 1 generates ~B*N = 256 responses a round (the paper's 3 triples generation)")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--steps", type=int, default=2, help="the first step is warm-up; the last is reported")
+    a = p.parse_args()
+    if a.smoke:
+        a.prompts, a.rollouts, a.prompt_len, a.response_len, a.gen_batch_size, a.micro_batch_size, a.minibatch_size = 4, 4, 16, 32, 16, 8, 2
+    shape = SMOKE if a.smoke else QWEN25_05B
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(shape, device)
+    if a.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_params = sum(p.numel() for p in model.parameters())
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    cfg = M.Config(batch_size=a.prompts, num_rollouts=a.rollouts, max_response_len=a.response_len,
+                   gen_batch_size=a.gen_batch_size, micro_batch_size=a.micro_batch_size, minibatch_size=a.minibatch_size)
+    K, B, N = 3, a.prompts, a.rollouts
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    xi = torch.zeros(K, requires_grad=True)
+    xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
+    rng, rho = np.random.default_rng(0), np.zeros(K)
+    print(f"model: {n_params / 1e6:.1f}M params, {'smoke shape' if a.smoke else 'Qwen2.5-0.5B shape'}, on {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for step in range(1, a.steps + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        gen = {"tokens": 0, "seconds": 0.0}
+
+        def sample_round(counts):
+            sync()
+            t = time.perf_counter()
+            prompts = [torch.randint(2, shape["vocab_size"], (a.prompt_len,)).tolist() for _ in range(int(counts.sum()))]
+            outs = M.generate(model, tok, prompts, N, cfg, [1], a.response_len, suppress_tokens=[0, 1])
+            sync()
+            gen["seconds"] += time.perf_counter() - t
+            gen["tokens"] += sum(int(m.sum()) for _, m in outs)
+            labels = np.repeat(np.arange(K), counts)
+            groups = [[] for _ in range(K)]
+            for k, p_ids, (resp, mask) in zip(labels, prompts, outs):
+                r = torch.from_numpy((rng.random(N) < 0.5).astype(np.float32))  # ~half the groups survive strict
+                if M.zero_gradient_keep(r[None])[0]:
+                    groups[k].append(M.Group(int(k), p_ids, resp, mask, r))
+            return groups
+
+        z = torch.softmax(xi.detach(), 0).numpy()
+        batch = M.rp_sample(z / z.sum(), B, sample_round, rho, rng, os_factor=a.os_factor)
+        rho = batch.rho
+        sync()
+        t1 = time.perf_counter()
+        rows = M.flatten_groups(batch.groups, True, 0)
+        n = len(batch.groups)
+        mbs = [list(range(g * N, min(g + cfg.minibatch_size, n) * N)) for g in range(0, n, cfg.minibatch_size)]
+        later = [i for mb in mbs[1:] for i in mb]
+        old = torch.zeros_like(rows.mask)
+        if later:
+            old[later] = M.batch_logprobs(model, rows, later, cfg, 0)
+        sync()
+        t2 = time.perf_counter()
+        for j, mb in enumerate(mbs):
+            _, used = M.grpo_update(model, opt, rows, mb, None if j == 0 else old[mb], cfg, 0.28, 0)
+            old[mb] = used
+        sync()
+        t3 = time.perf_counter()
+        new = M.batch_logprobs(model, rows, list(range(len(rows.prompts))), cfg, 0)
+        j_after = M.task_objectives(M.clipped_surrogate(new, old, rows.adv, 0.2, 0.28), rows.mask, rows.task, K)
+        j_before = M.task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)
+        I = M.task_improvement(j_before, j_after, 0.1)
+        sync()
+        t4 = time.perf_counter()
+        zt = torch.softmax(xi.detach(), 0)
+        xi.grad = M.iwu_gradient(zt, I, torch.rand(K), 0.2)
+        xi_opt.step()
+        t5 = time.perf_counter()
+
+        total = t5 - t0
+        trained = float(rows.mask.sum())
+        ctx = a.prompt_len + a.response_len / 2  # mean attention context of a response token
+        mfu = update_flops(shape, n_params, trained, ctx) / (t3 - t2) / (a.peak_tflops * 1e12)
+        bookkeeping = (t4 - t3) + (t5 - t4) + (t1 - t0 - gen["seconds"])
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        print(f"step {step}{' (warm-up)' if step == 1 and a.steps > 1 else ''}: {total:.1f}s | rounds {batch.rounds} | "
+              f"groups {n} | generated {gen['tokens']} tokens")
+        print(f"  split: generation {gen['seconds']:.2f}s ({gen['seconds'] / total:.0%}) | old log-probs {t2 - t1:.2f}s "
+              f"| update {t3 - t2:.2f}s ({len(mbs)} minibatches) | I_k pass {t4 - t3:.2f}s | sampler+IWU {t1 - t0 - gen['seconds'] + t5 - t4:.3f}s")
+    print(f"generation_tokens_per_s {gen['tokens'] / gen['seconds']:.0f}")
+    print(f"update_tokens_per_s {trained / (t3 - t2):.0f}")
+    print(f"update_mfu {mfu:.3f}")
+    print(f"bookkeeping_share {bookkeeping / total:.3f}  (I_k pass + sampler + IWU, of the step)")
+    print(f"peak_gpu_memory_gb {peak:.1f}")
+
+
+if __name__ == "__main__":
+    main()
