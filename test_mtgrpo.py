@@ -335,6 +335,19 @@ def test_filtering_alone_under_represents_high_filter_task():
     assert all(s == B for s in sizes)
 
 
+def test_grpo_sampler_is_one_unfiltered_round_of_b_prompts():
+    """Plain GRPO = dynamic_sample with M_os = 1, N_rs = 0 and a round that filters nothing: exactly B
+    prompts, one round, task counts ~ Mult(B, z) (mean share z_k, 4 std of the mean over S draws)."""
+    rng, z, B, S = np.random.default_rng(4), np.array([0.2, 0.3, 0.5]), 16, 200
+    keep_all = lambda counts: [[k] * int(c) for k, c in enumerate(counts)]  # noqa: E731
+    shares = []
+    for _ in range(S):
+        b = M.dynamic_sample(z, B, keep_all, np.zeros(3), rng, os_factor=1, max_rounds=0)
+        assert len(b.groups) == B and b.rounds == 1 and b.accepted == b.generated
+        shares.append(np.bincount(b.tasks, minlength=3) / B)
+    assert np.all(np.abs(np.mean(shares, 0) - z) < 4 * np.sqrt(z * (1 - z) / (B * S)))
+
+
 def test_rp_sampler_short_batch_and_round_cap():
     rng = np.random.default_rng(1)
     never = _fake_round(rng, np.array([1.0, 1.0, 0.9]))  # tasks 0, 1 always filtered
