@@ -870,6 +870,126 @@ def load_trainer_state(path: str) -> dict[str, Any]:
 
 
 # -----------------------------------------------------------------------------
+# The phases of one step of Algorithm 1
+
+
+def task_weights(adaptive: str | None, xi: torch.Tensor, sec_q: np.ndarray, sec_temperature: float) -> np.ndarray:
+    """The distribution prompts are drawn by: softmax(xi) (IWU), SEC's Boltzmann, or uniform. -> (K,)"""
+    if adaptive == "iwu":
+        z = torch.softmax(xi.detach().double(), dim=0).numpy()
+    elif adaptive == "sec":
+        z = sec_distribution(sec_q, sec_temperature)
+    else:
+        z = np.full(len(xi), 1.0 / len(xi))
+    return z / z.sum()
+
+
+@dataclass
+class RoundStats:
+    """What the rounds of one step saw before filtering: J_k and the generation figures come from here."""
+    correct: np.ndarray        # (K,) rollouts with reward 1.0
+    total: np.ndarray          # (K,) rollouts generated
+    tokens: int = 0            # response tokens generated (up to EOS)
+    seconds: float = 0.0       # time in generate + score + filter
+
+
+def rollout_round(model, tokenizer, train_sets, cfg: Config, rng: np.random.Generator, filter_mode: str,
+                  eos_ids: list[int], stats: RoundStats) -> SampleRound:
+    """The `sample_round(counts)` the samplers call (Algorithm 2, lines 5-9): draw counts[k] prompts of
+    task k, generate N rollouts each in as few generate() calls as --gen-batch-size allows, score them,
+    and return each task's groups that pass the zero-gradient filter."""
+    K, N = len(train_sets), cfg.num_rollouts
+
+    def sample_round(counts: np.ndarray) -> list[list[Group]]:
+        t = time.perf_counter()
+        picks = [(k, int(i)) for k in range(K) for i in rng.choice(len(train_sets[k][0]), size=int(counts[k]),
+                                                                   replace=int(counts[k]) > len(train_sets[k][0]))]
+        outs = generate(model, tokenizer, [train_sets[k][1][i] for k, i in picks], N, cfg, eos_ids, cfg.max_response_len)
+        rewards = score([train_sets[k][0][i] for k, i in picks], outs, tokenizer, cfg.box_rule)
+        survivors: list[list[Group]] = [[] for _ in range(K)]
+        for (k, i), (resp, mask), r in zip(picks, outs, rewards):
+            stats.correct[k] += float((r == 1.0).sum())
+            stats.total[k] += len(r)
+            stats.tokens += int(mask.sum())
+            if zero_gradient_keep(r[None], filter_mode)[0]:
+                survivors[k].append(Group(k, train_sets[k][1][i], resp, mask, r))
+        stats.seconds += time.perf_counter() - t
+        return survivors
+
+    return sample_round
+
+
+def sample_batch(sampler: str, z: np.ndarray, sample_round: SampleRound, rho: np.ndarray,
+                 rng: np.random.Generator, cfg: Config) -> SampledBatch:
+    """Algorithm 1, line 3, with the method's sampler (SPEC 7)."""
+    if sampler == "rp":        # MT-GRPO, RPS-only
+        return rp_sample(z, cfg.batch_size, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds,
+                         cfg.acc_cap, cfg.rho_decay, cfg.inflate)
+    if sampler == "dynamic":   # DAPO, IWU-only, SEC
+        return dynamic_sample(z, cfg.batch_size, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.rho_decay)
+    # plain GRPO: B prompts by z in one round, nothing filtered
+    return dynamic_sample(z, cfg.batch_size, sample_round, rho, rng, os_factor=1, max_rounds=0, rho_decay=cfg.rho_decay)
+
+
+def policy_update(model, opt, groups: list[Group], cfg: Config, eps_high: float, pad_id: int, K: int,
+                  measure_improvement: bool) -> tuple[dict[str, float], torch.Tensor, Rows | None]:
+    """Algorithm 1, lines 4-5: minibatch GRPO updates on the batch, then I_k (Eq. 8).
+
+    The batch is cut into minibatches of --minibatch-size prompts, one optimizer step each. pi_old of
+    minibatches 2.. comes from one no-grad pass at theta_t before any update; the first minibatch is
+    still at theta_t when it trains, so its own detached log-probs serve. With measure_improvement, one
+    more no-grad pass at theta_t+1 gives J_GRPO,k(theta_t+1) on the same samples and the same pi_old;
+    J_GRPO,k(theta_t) is the token-mean advantage (ratio 1). Returns (stats, I (K,), rows).
+    """
+    improvement = torch.zeros(K)
+    if not groups:  # every prompt was filtered and resampling ran out: no update this step
+        return {}, improvement, None
+    N = len(groups[0].rewards)
+    t0 = time.perf_counter()
+    rows = flatten_groups(groups, cfg.adv_std == "unbiased", pad_id)
+    minibatches = [list(range(g * N, min(g + cfg.minibatch_size, len(groups)) * N))
+                   for g in range(0, len(groups), cfg.minibatch_size)]
+    later = [i for mb in minibatches[1:] for i in mb]
+    old_logp = torch.zeros_like(rows.mask)
+    if later:
+        old_logp[later] = batch_logprobs(model, rows, later, cfg, pad_id)
+    t1 = time.perf_counter()
+    stats = []
+    for j, mb in enumerate(minibatches):
+        st, used = grpo_update(model, opt, rows, mb, None if j == 0 else old_logp[mb], cfg, eps_high, pad_id)
+        old_logp[mb] = used
+        stats.append(st)
+    t2 = time.perf_counter()
+    if measure_improvement:
+        new_logp = batch_logprobs(model, rows, list(range(len(rows.prompts))), cfg, pad_id)
+        j_after = task_objectives(clipped_surrogate(new_logp, old_logp, rows.adv, cfg.eps_low, eps_high), rows.mask, rows.task, K)
+        j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)
+        improvement = task_improvement(j_before, j_after, cfg.improvement_clip)
+    out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+    out.update(ratio_first_update=stats[0]["ratio_mean"], updates=len(minibatches), seconds_old_logp=t1 - t0,
+               seconds_update=t2 - t1, seconds_improvement=time.perf_counter() - t2)
+    return out, improvement, rows
+
+
+def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
+    """SEC: Q_k <- decay Q_k + (1 - decay) mean |A| of task k's trained responses (tasks in the batch)."""
+    q = q.copy()
+    for k in range(len(q)):
+        if (rows.task == k).any():
+            q[k] = decay * q[k] + (1 - decay) * float(rows.adv[rows.task == k].abs().mean())
+    return q
+
+
+def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improvement: torch.Tensor,
+                        J: torch.Tensor, cfg: Config) -> None:
+    """Subroutine 1 line 5 (or Subroutine 2): one optimizer step on the logits xi, in place."""
+    z = torch.softmax(xi.detach(), dim=0)
+    xi.grad = (iwu_gradient(z, improvement, J, cfg.lam) if cfg.weight_update == "iwu"
+               else reward_l2_gradient(z, J, xi.detach(), cfg.eta))
+    xi_opt.step()
+
+
+# -----------------------------------------------------------------------------
 # Training loop (Algorithm 1)
 
 
@@ -941,100 +1061,40 @@ def train(cfg: Config) -> dict[str, Any]:
     last_eval: dict[str, Any] = {}
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        # 1) task weights for this step: IWU's z (MT-GRPO, IWU-only), SEC's Boltzmann, or uniform
-        z = torch.softmax(xi.detach(), dim=0).numpy() if md["adaptive"] == "iwu" else (
-            sec_distribution(sec_q, cfg.sec_temperature) if md["adaptive"] == "sec" else np.full(K, 1.0 / K))
-        z = z / z.sum()
-
-        # 2) batch construction (Alg. 1 line 3): generate, score, filter, via the method's sampler
-        gen_stats = {"correct": np.zeros(K), "total": np.zeros(K), "tokens": 0, "seconds": 0.0}
-
-        def sample_round(counts: np.ndarray) -> list[list[Group]]:
-            t_gen = time.perf_counter()
-            picks = [(k, i) for k in range(K) for i in rng.choice(len(train_sets[k][0]), size=int(counts[k]),
-                                                                    replace=int(counts[k]) > len(train_sets[k][0]))]
-            outs = generate(model, tokenizer, [train_sets[k][1][i] for k, i in picks], N, cfg, eos_ids, cfg.max_response_len)
-            rewards = score([train_sets[k][0][i] for k, i in picks], outs, tokenizer, cfg.box_rule)
-            survivors: list[list[Group]] = [[] for _ in range(K)]
-            for (k, i), (resp, mask), r in zip(picks, outs, rewards):
-                gen_stats["correct"][k] += float((r == 1.0).sum())
-                gen_stats["total"][k] += len(r)
-                gen_stats["tokens"] += int(mask.sum())
-                if zero_gradient_keep(r[None], filter_mode)[0]:
-                    survivors[k].append(Group(k, train_sets[k][1][i], resp, mask, r))
-            gen_stats["seconds"] += time.perf_counter() - t_gen
-            return survivors
-
-        if md["sampler"] == "rp":
-            batch = rp_sample(z, B, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.acc_cap,
-                              cfg.rho_decay, cfg.inflate)
-        elif md["sampler"] == "dynamic":
-            batch = dynamic_sample(z, B, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.rho_decay)
-        else:  # plain GRPO: B prompts by z, one round, nothing filtered
-            batch = dynamic_sample(z, B, sample_round, rho, rng, os_factor=1, max_rounds=0, rho_decay=cfg.rho_decay)
+        # 1) task weights: IWU's z (MT-GRPO, IWU-only), SEC's Boltzmann, or uniform
+        z = task_weights(md["adaptive"], xi, sec_q, cfg.sec_temperature)
+        # 2) batch construction (Alg. 1 line 3): generate, score, filter through the method's sampler
+        stats = RoundStats(np.zeros(K), np.zeros(K))
+        sample_round = rollout_round(model, tokenizer, train_sets, cfg, rng, filter_mode, eos_ids, stats)
+        batch = sample_batch(md["sampler"], z, sample_round, rho, rng, cfg)
         rho = batch.rho
         t_sampled = time.perf_counter()
-
-        # 3) GRPO update(s) on the batch (Alg. 1 line 4): old log-probs, then minibatch updates
-        upd: dict[str, float] = {}
-        improvement = torch.zeros(K)
-        n_groups = len(batch.groups)
-        if n_groups:
-            rows = flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)
-            minibatches = [list(range(g0 * N, min(g0 + cfg.minibatch_size, n_groups) * N))
-                           for g0 in range(0, n_groups, cfg.minibatch_size)]
-            later = [i for mb in minibatches[1:] for i in mb]
-            old_logp = torch.zeros_like(rows.mask)
-            if later:  # pi_old for minibatches 2.. must come from theta_t, before any update
-                old_logp[later] = batch_logprobs(model, rows, later, cfg, pad_id)
-            t_old = time.perf_counter()
-            stats = []
-            for j, mb in enumerate(minibatches):
-                st, used = grpo_update(model, opt, rows, mb, None if j == 0 else old_logp[mb], cfg, eps_high, pad_id)
-                old_logp[mb] = used
-                stats.append(st)
-            upd = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
-            upd["ratio_first_update"] = stats[0]["ratio_mean"]
-            t_upd = time.perf_counter()
-            # 4) I_k (Alg. 1 line 5, Eq. 8): one extra no-grad forward at theta_t+1, same pi_old
-            if md["adaptive"] == "iwu":
-                new_logp = batch_logprobs(model, rows, list(range(len(rows.prompts))), cfg, pad_id)
-                j_after = task_objectives(clipped_surrogate(new_logp, old_logp, rows.adv, cfg.eps_low, eps_high),
-                                          rows.mask, rows.task, K)
-                j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)
-                improvement = task_improvement(j_before, j_after, cfg.improvement_clip)
-            if md["adaptive"] == "sec":  # SEC: Q_k <- EMA of the mean |A| of task k's trained responses
-                for k in range(K):
-                    if (rows.task == k).any():
-                        sec_q[k] = cfg.sec_decay * sec_q[k] + (1 - cfg.sec_decay) * float(rows.adv[rows.task == k].abs().mean())
-            t_old, t_upd = t_old - t_sampled, t_upd - t_old
-        else:
-            t_old = t_upd = 0.0
-        t_imp = time.perf_counter()
-
-        # 5) J_k: this step's pre-filter accuracy of task k; then z <- IWU (Alg. 1 line 6, Subroutine 1)
-        seen = gen_stats["total"] > 0
-        J[torch.from_numpy(seen)] = torch.from_numpy(gen_stats["correct"][seen] / gen_stats["total"][seen]).float()
+        # 3) GRPO update(s) (line 4) and the improvement I_k (line 5, Eq. 8)
+        upd, improvement, rows = policy_update(model, opt, batch.groups, cfg, eps_high, pad_id, K,
+                                               measure_improvement=md["adaptive"] == "iwu")
+        if md["adaptive"] == "sec" and rows is not None:
+            sec_q = update_sec_values(sec_q, rows, cfg.sec_decay)
+        t_updated = time.perf_counter()
+        # 4) J_k = this step's pre-filter accuracy; z <- IWU (line 6, Subroutine 1)
+        seen = stats.total > 0
+        J[torch.from_numpy(seen)] = torch.from_numpy(stats.correct[seen] / stats.total[seen]).float()
         if md["adaptive"] == "iwu":
-            zt = torch.softmax(xi.detach(), dim=0)
-            g = (iwu_gradient(zt, improvement, J, cfg.lam) if cfg.weight_update == "iwu"
-                 else reward_l2_gradient(zt, J, xi.detach(), cfg.eta))
-            xi.grad = g
-            xi_opt.step()
+            update_task_weights(xi, xi_opt, improvement, J, cfg)
         t_end = time.perf_counter()
 
-        # 6) log: every per-step metric of SPEC 9
+        # 5) log every per-step metric of SPEC 9, and one progress line
+        n_groups = len(batch.groups)
         shares = np.bincount(batch.tasks, minlength=K) / max(n_groups, 1)
-        acc = gen_stats["correct"] / np.maximum(gen_stats["total"], 1)
+        acc = stats.correct / np.maximum(stats.total, 1)
         rec = {"kind": "train", "step": step, "z": z.tolist(), "z_next": torch.softmax(xi.detach(), 0).tolist(),
                "batch_shares": shares.tolist(), "batch_groups": n_groups, "targets": batch.targets,
                "rho": rho.tolist(), "J": J.tolist(), "I": improvement.tolist(), "train_acc": acc.tolist(),
                "rounds": batch.rounds, "generated": batch.generated, "accepted": batch.accepted,
-               "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": n_groups,
-               **upd, "response_len": gen_stats["tokens"] / max(gen_stats["total"].sum(), 1),
-               "gen_tokens_per_s": gen_stats["tokens"] / max(gen_stats["seconds"], 1e-9),
-               "seconds": t_end - t0, "seconds_gen": t_sampled - t0, "seconds_old_logp": t_old,
-               "seconds_update": t_upd, "seconds_iwu": t_end - t_imp + (t_imp - t_sampled - t_old - t_upd)}
+               "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": n_groups, **upd,
+               "response_len": stats.tokens / max(stats.total.sum(), 1),
+               "gen_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
+               "seconds": t_end - t0, "seconds_gen": stats.seconds,
+               "seconds_iwu": (t_sampled - t0 - stats.seconds) + upd.get("seconds_improvement", 0.0) + (t_end - t_updated)}
         if md["adaptive"] == "sec":
             rec["sec_q"] = sec_q.tolist()
         log(rec)
@@ -1043,7 +1103,7 @@ def train(cfg: Config) -> dict[str, Any]:
               f"avg {acc[seen].mean() if seen.any() else 0:.2f} | z {fmt(z)} | shares {fmt(shares)} | rounds {batch.rounds}"
               + (f" | loss {upd['loss']:.4f}" if upd else " | no group survived: no update"), flush=True)
 
-        # 7) evaluate and save
+        # 6) evaluate and save
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             accs = evaluate(model, tokenizer, test_sets, names, cfg, eos_ids, seed=cfg.seed + step)
             worst, avg = worst_and_average(accs)
