@@ -538,6 +538,10 @@ def validate(cfg: Config) -> None:
                                ("prompt-style", cfg.prompt_style, ("auto", "r1", "chat", "plain")),
                                ("box-rule", cfg.box_rule, ("last", "last_line"))):
         need(val in allowed, f"--{name} must be one of {', '.join(allowed)}, got {val!r}")
+    from tasks import TASK_NAMES
+    for name in (t.strip() for t in cfg.tasks.split(",") if t.strip()):
+        need(name in TASK_NAMES or name.endswith(".jsonl"),
+             f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
     need(cfg.kl_tau == 0, "--kl-tau > 0 needs a reference model, which this trainer does not keep "
                           "(the paper uses tau = 0); grpo_loss() supports it for other trainers")
 

@@ -1,0 +1,569 @@
+"""
+Tasks for mtgrpo: the paper's three families (arXiv 2602.05547 Sec. 6, App. E; SPEC section 8) at four
+difficulties each, toy tasks a tiny model learns on CPU, and bring-your-own tasks from JSONL.
+
+    countdown_{easy,medium,hard,very_hard}   3/4/5/6 numbers in 1..100, reach an integer target in 1..1000
+    zebra_{easy,medium,hard,very_hard}       3x3/4x4/5x5/6x6 people x attributes; who lives in house 1?
+    arc1d_{easy,medium,hard,very_hard}       ARC-1D rows of 10/20/30/40 cells, 3 examples + a test input
+    toy_copy, toy_next, toy_sum              one-character answers (CPU demos and tests)
+    path/to/file.jsonl                       one {"prompt", "answer", "verifier"} object per line
+
+The paper used reasoning-gym's generators (Chen et al. 2025 released the data); ours are written from
+scratch to the same recipe, with no dependency: every Countdown target is confirmed reachable by an
+exact solver and every Zebra solution unique by a search solver, at generation time. Instance i of a
+task is drawn from its own RNG seeded by sha256(task, seed, i), so a (task, seed) gives the same bytes
+on any machine; the test split is the first n_test distinct instances and train the next n_train, so
+the two are disjoint and the test set does not change with n_train.
+
+    train, test = load_task("countdown_medium", n_train=1000, n_test=200, seed=0)
+    text = make_prompt(train[0], style="r1")        # the released setup's wrapper (SPEC section 11)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+LEVELS = ("easy", "medium", "hard", "very_hard")   # very_hard: evaluated, never trained, in the paper
+COUNTDOWN_NUMBERS = dict(easy=3, medium=4, hard=5, very_hard=6)
+ZEBRA_SIZE = dict(easy=3, medium=4, hard=5, very_hard=6)
+ARC_LENGTH = dict(easy=10, medium=20, hard=30, very_hard=40)
+TOY_TASKS = ("toy_copy", "toy_next", "toy_sum")
+TASK_NAMES = tuple(f"{family}_{level}" for family in ("countdown", "zebra", "arc1d") for level in LEVELS) + TOY_TASKS
+MAX_TRAIN = 10_000   # the released data's largest split
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str          # task name, e.g. "countdown_medium"
+    question: str      # the task text, ending with its answer-format instruction
+    answer: str        # a gold answer (for Countdown: one valid expression of many)
+    verifier: str      # which check verify.reward applies: countdown | name | grid | exact | toy
+    info: dict = field(default_factory=dict, compare=False, hash=False)   # what the verifier needs
+
+
+# -----------------------------------------------------------------------------
+# Countdown
+
+def solve_countdown(numbers: list[int], target: int) -> str | None:
+    """An expression using every number exactly once with + - * / that equals target, or None. Searches
+    the expressions whose intermediate results are non-negative integers (the class `_countdown` draws
+    targets from, so it finds every generated target; all integers keep it fast): depth-first over
+    "combine two of the remaining values", remembering multisets already shown to fail."""
+    failed: set[tuple[int, ...]] = set()
+
+    def search(items: list[tuple[int, str]]) -> str | None:
+        if len(items) == 1:
+            return items[0][1] if items[0][0] == target else None
+        key = tuple(sorted(v for v, _ in items))
+        if key in failed:
+            return None
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                (a, ea), (b, eb) = max(items[i], items[j]), min(items[i], items[j])   # a >= b
+                rest = items[:i] + items[i + 1:j] + items[j + 1:]
+                options = [(a + b, f"{ea} + {eb}"), (a * b, f"{ea} * {eb}"), (a - b, f"{ea} - {eb}")]
+                if b and a % b == 0:
+                    options.append((a // b, f"{ea} / {eb}"))
+                for value, expr in options:
+                    found = search(rest + [(value, f"({expr})")])
+                    if found:
+                        return found
+        failed.add(key)
+        return None
+
+    found = search([(n, str(n)) for n in numbers])
+    return found[1:-1] if found and found.startswith("(") else found
+
+
+def _countdown(rng: random.Random, level: str) -> tuple[str, str, dict]:
+    """A random expression tree over n random numbers fixes a target; keep it if the target is an integer
+    in 1..1000 (integer intermediate results only, so targets look like the released data's)."""
+    n = COUNTDOWN_NUMBERS[level]
+    while True:
+        numbers = [rng.randint(1, 100) for _ in range(n)]
+        items = [(Fraction(x), str(x)) for x in numbers]
+        while len(items) > 1:
+            (a, ea), (b, eb) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
+            op = rng.choice("+-*/")
+            if op == "-" and a < b:
+                (a, ea), (b, eb) = (b, eb), (a, ea)
+            if op == "/" and (b == 0 or a % b):
+                op = "+"
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+            items.append((value, f"({ea} {op} {eb})"))
+        target, witness = items[0]
+        if target.denominator == 1 and 1 <= target <= 1000:
+            break
+    solution = solve_countdown(numbers, int(target))   # an independent check of reachability
+    assert solution is not None, (numbers, target, witness)
+    listed = ", ".join(map(str, numbers))
+    question = (f"Using all of the numbers {listed}, each exactly once, write an arithmetic expression that "
+                f"equals {int(target)}. You may use +, -, *, / and parentheses. "
+                f"Give the final expression, without '= {int(target)}', in \\boxed{{}}.")
+    return question, witness[1:-1], {"numbers": numbers, "target": int(target)}
+
+
+# -----------------------------------------------------------------------------
+# Zebra puzzles
+
+ZEBRA_ATTRIBUTES = {   # attribute -> (values, how a clue names the person with value v)
+    "name": (("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry"), "{}"),
+    "color": (("red", "green", "blue", "yellow", "white", "purple", "orange"), "the person who likes {}"),
+    "pet": (("cat", "dog", "bird", "fish", "horse", "rabbit", "turtle"), "the {} owner"),
+    "drink": (("tea", "coffee", "milk", "water", "juice", "soda", "cocoa"), "the person who drinks {}"),
+    "food": (("pizza", "soup", "salad", "pasta", "rice", "bread", "curry"), "the person who eats {}"),
+    "hobby": (("chess", "painting", "hiking", "reading", "cooking", "dancing", "fishing"), "the person who enjoys {}"),
+}
+
+# A clue is (kind, a, b) with a, b = (attribute, value) or, for "in_house", b = the house index (0-based):
+#   in_house: a lives in house b          same: a is b
+#   left_of:  a lives directly left of b  next_to: a and b live next to each other
+
+
+def _supported(kind: str, other: int, forward: bool, full: int) -> int:
+    """Houses (bitmask) of one side of a clue that have a partner among the `other` side's houses.
+    forward: we are side a of (kind, a, b). left_of means house(a) + 1 == house(b)."""
+    if kind == "same":
+        return other
+    if kind == "next_to":
+        return ((other << 1) | (other >> 1)) & full
+    return (other >> 1) if forward else (other << 1) & full   # left_of
+
+
+def _propagate(domains: dict, clues: list, attributes: dict, n: int) -> bool:
+    """Shrink each (attribute, value)'s set of possible houses (a bitmask) to a fixpoint. False if some
+    set empties. Sound: it only removes houses that no solution can use."""
+    full = (1 << n) - 1
+    changed = True
+    while changed:
+        changed = False
+        for kind, a, b in clues:
+            if kind == "in_house":
+                new = domains[a] & (1 << b)
+                if new != domains[a]:
+                    domains[a], changed = new, True
+                continue
+            for x, y, forward in ((a, b, True), (b, a, False)):   # keep houses of x with a partner in y
+                keep = domains[x] & _supported(kind, domains[y], forward, full)
+                if keep != domains[x]:
+                    domains[x], changed = keep, True
+        for attr, values in attributes.items():   # all-different: placed values leave the others' sets
+            for v in values:
+                d = domains[(attr, v)]
+                if d and d & (d - 1) == 0:
+                    for w in values:
+                        if w != v and domains[(attr, w)] & d:
+                            domains[(attr, w)] &= ~d
+                            changed = True
+            for p in range(n):                     # a house only one value can take gets it
+                holders = [v for v in values if domains[(attr, v)] >> p & 1]
+                if len(holders) == 1 and domains[(attr, holders[0])] != 1 << p:
+                    domains[(attr, holders[0])], changed = 1 << p, True
+            union = 0
+            for v in values:
+                union |= domains[(attr, v)]
+            if union != full:
+                return False
+        if any(d == 0 for d in domains.values()):
+            return False
+    return True
+
+
+def zebra_solutions(clues: list, attributes: dict, n: int, limit: int = 2) -> list[dict]:
+    """Up to `limit` solutions ({(attribute, value): house}) of a puzzle: propagation plus branching on the
+    value with the fewest possible houses. limit=2 decides uniqueness."""
+    found: list[dict] = []
+
+    def search(domains: dict) -> None:
+        if len(found) >= limit or not _propagate(domains, clues, attributes, n):
+            return
+        open_ = [k for k, d in domains.items() if d & (d - 1)]
+        if not open_:
+            found.append({k: d.bit_length() - 1 for k, d in domains.items()})
+            return
+        k = min(open_, key=lambda k: bin(domains[k]).count("1"))
+        for p in range(n):
+            if domains[k] >> p & 1:
+                search({**domains, k: 1 << p})
+
+    search({(attr, v): (1 << n) - 1 for attr, values in attributes.items() for v in values})
+    return found
+
+
+def _zebra_phrase(person: tuple[str, str]) -> str:
+    return ZEBRA_ATTRIBUTES[person[0]][1].format(person[1])
+
+
+def _zebra_clue_text(clue: tuple) -> str:
+    kind, a, b = clue
+    a_text = _zebra_phrase(a)
+    text = {"in_house": lambda: f"{a_text} lives in house {b + 1}",
+            "same": lambda: f"{a_text} is {_zebra_phrase(b)}",
+            "left_of": lambda: f"{a_text} lives directly left of {_zebra_phrase(b)}",
+            "next_to": lambda: f"{a_text} and {_zebra_phrase(b)} live next to each other"}[kind]()
+    return text[0].upper() + text[1:] + "."
+
+
+def _zebra(rng: random.Random, level: str) -> tuple[str, str, dict]:
+    """Random solution, then random true clues (relations preferred over "lives in house N") added one at
+    a time, skipping any that tells propagation nothing new, until propagation alone pins every value.
+    So the puzzle needs no guessing; `zebra_solutions` then confirms the solution is unique."""
+    n = ZEBRA_SIZE[level]
+    names = ["name"] + sorted(rng.sample(sorted(a for a in ZEBRA_ATTRIBUTES if a != "name"), n - 1))
+    attributes = {a: sorted(rng.sample(ZEBRA_ATTRIBUTES[a][0], n)) for a in names}
+    house = {}
+    for attr, values in attributes.items():
+        for p, v in enumerate(rng.sample(values, n)):
+            house[(attr, v)] = p
+    people = sorted(house)
+    candidates = [("in_house", x, house[x]) for x in people]
+    for i, x in enumerate(people):
+        for y in people[i + 1:]:
+            if x[0] != y[0] and house[x] == house[y]:
+                candidates += [("same", x, y)] * 2
+            if abs(house[x] - house[y]) == 1:
+                left, right = (x, y) if house[x] < house[y] else (y, x)
+                candidates += [("left_of", left, right), ("next_to", x, y)] * 2
+    rng.shuffle(candidates)
+    clues: list = []
+    domains = {x: (1 << n) - 1 for x in people}
+    for clue in candidates:
+        trial = dict(domains)
+        assert _propagate(trial, clues + [clue], attributes, n)   # every candidate clue is true
+        if trial != domains:
+            clues.append(clue)
+            domains = trial
+        if all(d & (d - 1) == 0 for d in domains.values()):
+            break
+    assert len(zebra_solutions(clues, attributes, n)) == 1
+    rng.shuffle(clues)
+    first = next(v for (attr, v), p in house.items() if attr == "name" and p == 0)
+    listing = "\n".join(f" - {attr}: {', '.join(values)}" for attr, values in attributes.items())
+    numbered = "\n".join(f"{i}. {_zebra_clue_text(c)}" for i, c in enumerate(clues, 1))
+    question = (f"This is a logic puzzle. There are {n} houses in a row, numbered 1 to {n} from left to right. "
+                f"Each house holds one person, and each person has a different value for each attribute:\n"
+                f"{listing}\n\nClues:\n{numbered}\n\n"
+                f"What is the name of the person who lives in house 1? Give the name in \\boxed{{}}.")
+    as_json = [[kind, list(a), b if kind == "in_house" else list(b)] for kind, a, b in clues]
+    return question, first, {"attributes": attributes, "clues": as_json}
+
+
+# -----------------------------------------------------------------------------
+# ARC-1D: rows of colors 0..9 (0 = background); each rule draws its own parameters once per puzzle
+# and returns a function making one (input, output) pair under them.
+
+Row = list[int]
+PairMaker = Callable[[random.Random], tuple[Row, Row]]
+
+
+def _block(rng: random.Random, n: int, min_len: int = 1, max_len: int | None = None, margin: int = 0) -> tuple[int, int, int]:
+    """(color, start, length) of a random one-color block that leaves `margin` free cells on each side."""
+    length = rng.randint(min_len, max(min_len, max_len or n // 3))
+    start = rng.randint(margin, n - margin - length)
+    return rng.randint(1, 9), start, length
+
+
+def _paint(n: int, *blocks: tuple[int, int, int]) -> Row:
+    row = [0] * n
+    for color, start, length in blocks:
+        row[start:start + length] = [color] * length
+    return row
+
+
+def _rule_shift(rng, n):
+    k, sign = rng.randint(1, 3), rng.choice((-1, 1))
+
+    def pair(rng):
+        c, s, L = _block(rng, n, margin=k)
+        return _paint(n, (c, s, L)), _paint(n, (c, s + sign * k, L))
+    return pair
+
+
+def _rule_rotate(rng, n):
+    k = rng.randint(1, 3)
+
+    def pair(rng):
+        row = [rng.choice((0, 0, rng.randint(1, 9))) for _ in range(n)]
+        return row, row[-k:] + row[:-k]
+    return pair
+
+
+def _rule_mirror(rng, n):
+    def pair(rng):
+        row = _paint(n, _block(rng, n), _block(rng, n))
+        return row, row[::-1]
+    return pair
+
+
+def _rule_recolor(rng, n):
+    a, b = rng.sample(range(1, 10), 2)
+
+    def pair(rng):
+        row = [rng.choice((0, 0, a)) for _ in range(n)]
+        return row, [b if x == a else x for x in row]
+    return pair
+
+
+def _rule_swap_colors(rng, n):
+    a, b = rng.sample(range(1, 10), 2)
+
+    def pair(rng):
+        row = [rng.choice((0, a, b)) for _ in range(n)]
+        return row, [b if x == a else a if x == b else x for x in row]
+    return pair
+
+
+def _rule_fill_gap(rng, n):
+    def pair(rng):
+        i = rng.randrange(n - 2)
+        j, c = rng.randint(i + 2, n - 1), rng.randint(1, 9)
+        row = [0] * n
+        row[i] = row[j] = c
+        return row, _paint(n, (c, i, j - i + 1))
+    return pair
+
+
+def _rule_gravity(rng, n):
+    to_right = rng.random() < 0.5
+
+    def pair(rng):
+        row = [rng.choice((0, 0, 0, rng.randint(1, 9))) for _ in range(n)]
+        cells = [x for x in row if x]
+        pad = [0] * (n - len(cells))
+        return row, pad + cells if to_right else cells + pad
+    return pair
+
+
+def _rule_extend(rng, n):
+    to_right = rng.random() < 0.5
+
+    def pair(rng):
+        c, s, L = _block(rng, n, margin=1)
+        return _paint(n, (c, s, L)), _paint(n, (c, s, n - s) if to_right else (c, 0, s + L))
+    return pair
+
+
+def _rule_hollow(rng, n):
+    def pair(rng):
+        c, s, L = _block(rng, n, min_len=3)
+        out = [0] * n
+        out[s] = out[s + L - 1] = c
+        return _paint(n, (c, s, L)), out
+    return pair
+
+
+def _rule_grow(rng, n):
+    def pair(rng):
+        c, s, L = _block(rng, n, margin=1)
+        return _paint(n, (c, s, L)), _paint(n, (c, s - 1, L + 2))
+    return pair
+
+
+def _rule_shrink(rng, n):
+    def pair(rng):
+        c, s, L = _block(rng, n, min_len=3)
+        return _paint(n, (c, s, L)), _paint(n, (c, s + 1, L - 2))
+    return pair
+
+
+def _rule_denoise(rng, n):
+    def pair(rng):
+        c, s, L = _block(rng, n, min_len=3)
+        out = _paint(n, (c, s, L))
+        row = list(out)
+        for p in rng.sample(range(n), rng.randint(1, 3)):   # isolated single cells of the block's color
+            if all(row[q] == 0 for q in range(max(0, p - 1), min(n, p + 2))):
+                row[p] = c
+        return row, out
+    return pair
+
+
+def _rule_keep_largest(rng, n):
+    def pair(rng):
+        lengths = rng.sample(range(1, max(4, n // 4) + 1), 2)
+        first = rng.randint(0, n // 2 - max(lengths) - 1) if n // 2 - max(lengths) - 1 > 0 else 0
+        second = rng.randint(n // 2, n - max(lengths))
+        blocks = [(rng.randint(1, 9), first, lengths[0]), (rng.randint(1, 9), second, lengths[1])]
+        return _paint(n, *blocks), _paint(n, max(blocks, key=lambda b: b[2]))
+    return pair
+
+
+def _rule_move_to_marker(rng, n):
+    marker = rng.randint(1, 9)
+
+    def pair(rng):
+        m = rng.randint(n // 2, n - 1)
+        c = rng.choice([x for x in range(1, 10) if x != marker])
+        L = rng.randint(1, max(1, m // 3))
+        s = rng.randint(0, m - L - 1)
+        row, out = _paint(n, (c, s, L)), _paint(n, (c, m - L, L))
+        row[m] = out[m] = marker
+        return row, out
+    return pair
+
+
+def _rule_duplicate(rng, n):
+    def pair(rng):
+        L = rng.randint(1, max(1, n // 5))
+        c, s = rng.randint(1, 9), rng.randint(0, n - 2 * L - 1)
+        return _paint(n, (c, s, L)), _paint(n, (c, s, L), (c, s + L + 1, L))
+    return pair
+
+
+ARC_RULES = (_rule_shift, _rule_rotate, _rule_mirror, _rule_recolor, _rule_swap_colors, _rule_fill_gap,
+             _rule_gravity, _rule_extend, _rule_hollow, _rule_grow, _rule_shrink, _rule_denoise,
+             _rule_keep_largest, _rule_move_to_marker, _rule_duplicate)
+
+
+def _grid(row: Row) -> str:
+    return " ".join(map(str, row))
+
+
+def _arc1d(rng: random.Random, level: str) -> tuple[str, str, dict]:
+    """Pick a rule, draw its parameters, then 3 example pairs and a test pair, all distinct and each
+    changed by the rule (an unchanged pair would not show it)."""
+    n = ARC_LENGTH[level]
+    rule = rng.choice(ARC_RULES)
+    pair = rule(rng, n)
+    pairs: list[tuple[Row, Row]] = []
+    while len(pairs) < 4:
+        inp, out = pair(rng)
+        if inp != out and all(inp != p for p, _ in pairs):
+            pairs.append((inp, out))
+    shown = "\n\n".join(f"Example {i}:\nInput:  {_grid(a)}\nOutput: {_grid(b)}" for i, (a, b) in enumerate(pairs[:3], 1))
+    question = (f"Find the rule that turns each input row into its output row in these examples.\n\n{shown}\n\n"
+                f"Apply the rule to this test input:\nInput:  {_grid(pairs[3][0])}\n"
+                f"Give the output row, cells separated by spaces, in \\boxed{{}}.")
+    return question, _grid(pairs[3][1]), {"rule": rule.__name__[len("_rule_"):]}
+
+
+# -----------------------------------------------------------------------------
+# Toy tasks: one-character answers, the deciding character last in the prompt, so a tiny model learns
+# them in minutes. Difficulty differs (copy < next < sum), so their zero-gradient filter rates differ.
+
+TOY_LETTERS = "abcdef"
+
+
+def _toy(rng: random.Random, name: str) -> tuple[str, str, dict]:
+    s = "".join(rng.choice(TOY_LETTERS) for _ in range(5))
+    if name == "toy_copy":     # answer: the last letter
+        return f"copy: {s}", s[-1], {"alphabet": TOY_LETTERS}
+    if name == "toy_next":     # answer: the letter after the last one, cyclic over abcdef
+        return f"next: {s}", TOY_LETTERS[(TOY_LETTERS.index(s[-1]) + 1) % len(TOY_LETTERS)], {"alphabet": TOY_LETTERS}
+    a, b = rng.randrange(10), rng.randrange(10)   # toy_sum: last digit of a + b, after two noise letters
+    return f"sum: {s[:2]} {a}+{b}", str((a + b) % 10), {"alphabet": "0123456789"}
+
+
+# -----------------------------------------------------------------------------
+# Loading and prompts
+
+def _instance_rng(name: str, seed: int, i: int) -> random.Random:
+    digest = hashlib.sha256(f"{name}|{seed}|{i}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def generate(name: str, rng: random.Random) -> Example:
+    """One instance of a built-in task."""
+    family, _, level = name.partition("_")
+    if name in TOY_TASKS:
+        question, answer, info = _toy(rng, name)
+        return Example(name, question, answer, "toy", info)
+    make, verifier = {"countdown": (_countdown, "countdown"), "zebra": (_zebra, "name"), "arc1d": (_arc1d, "grid")}[family]
+    question, answer, info = make(rng, level)
+    return Example(name, question, answer, verifier, info)
+
+
+def _check_sizes(n_train: int, n_test: int) -> None:
+    if not 1 <= n_train <= MAX_TRAIN:
+        raise ValueError(f"n_train must be in 1..{MAX_TRAIN}, got {n_train}")
+    if n_test < 1:
+        raise ValueError(f"n_test must be >= 1, got {n_test}")
+
+
+def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of a built-in task or a .jsonl file. Deterministic in (name, seed); the test
+    split is drawn first, so it does not depend on n_train; the two splits share no question."""
+    _check_sizes(n_train, n_test)
+    if name.endswith(".jsonl"):
+        return _load_jsonl(name, n_train, n_test, seed)
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
+    examples: list[Example] = []
+    seen: set[str] = set()
+    i = 0
+    while len(examples) < n_test + n_train:
+        ex = generate(name, _instance_rng(name, seed, i))
+        i += 1
+        if ex.question not in seen:
+            seen.add(ex.question)
+            examples.append(ex)
+        if i > 20 * (n_test + n_train) + 1000:   # the toy tasks have finitely many distinct questions
+            raise ValueError(f"task {name} has only {len(examples)} distinct questions; ask for fewer than "
+                             f"n_train {n_train} + n_test {n_test}")
+    return examples[n_test:], examples[:n_test]
+
+
+def _load_jsonl(path: str, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Bring-your-own task: one JSON object per line with "prompt", "answer" and "verifier" (one of
+    verify.VERIFIERS); optional "info" (countdown needs {"numbers": [...], "target": t}, toy needs
+    {"alphabet": "..."}) and "split" ("train" | "test"). Without "split", a seeded shuffle puts n_test
+    lines in test and the rest in train."""
+    from verify import VERIFIERS
+
+    if not os.path.isfile(path):
+        raise ValueError(f"task file {path} does not exist")
+    task = os.path.splitext(os.path.basename(path))[0]
+    rows: list[tuple[str | None, Example]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                prompt, answer, verifier = obj["prompt"], obj["answer"], obj["verifier"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: need a JSON object with \"prompt\", \"answer\" and \"verifier\" ({e})") from None
+            info = obj.get("info", {})
+            if verifier not in VERIFIERS:
+                raise ValueError(f"{path}:{lineno}: unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
+            needs = {"countdown": ("numbers", "target"), "toy": ("alphabet",)}.get(verifier, ())
+            if not isinstance(info, dict) or any(k not in info for k in needs):
+                raise ValueError(f"{path}:{lineno}: verifier {verifier!r} needs \"info\" with {', '.join(needs)}")
+            rows.append((obj.get("split"), Example(task, str(prompt), str(answer), verifier, info)))
+    if any(split is not None for split, _ in rows):
+        train = [ex for split, ex in rows if split == "train"][:n_train]
+        test = [ex for split, ex in rows if split == "test"]
+    else:
+        order = [ex for _, ex in rows]
+        random.Random(seed).shuffle(order)
+        test, train = order[:n_test], order[n_test:n_test + n_train]
+    if len(test) < n_test or not train:
+        raise ValueError(f"{path}: {len(test)} test and {len(train)} train examples; need {n_test} test "
+                         f"(--eval-prompts) and at least one train")
+    return train, test[:n_test]
+
+
+R1_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+               "The assistant first thinks about the reasoning process in the mind and then provides the user "
+               "with the answer.\nUser: {question}\nAssistant: Let me solve this step by step.")
+
+
+def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
+    """The prompt text. "r1": the released setup's raw wrapper for base models (SPEC section 11); "chat":
+    the tokenizer's chat template with the question as the user turn (instruct models); "plain": the
+    question alone. Toy tasks are always plain: they are for a tiny model with a short context."""
+    if style not in ("r1", "chat", "plain"):
+        raise ValueError(f"prompt style must be r1, chat or plain, got {style!r}")
+    if style == "plain" or ex.verifier == "toy":
+        return ex.question
+    if style == "r1":
+        return R1_TEMPLATE.format(question=ex.question)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt style 'chat' needs a tokenizer with a chat template; use --prompt-style r1 for base models")
+    return tokenizer.apply_chat_template([{"role": "user", "content": ex.question}], tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,212 @@
+"""
+Answer checking and rewards for mtgrpo (arXiv 2602.05547, SPEC section 1): a completion earns
+1.0 when its answer is correct, 0.1 when it gives a well-formatted but wrong answer, 0.0 otherwise.
+Accuracy counts only 1.0 (format credit never counts).
+
+Model output is untrusted input. Nothing here calls eval/exec or sympy: the released Countdown reward
+(Python `eval`) hangs on a power tower of the given numbers, and reasoning-gym's (sympy `parse_expr`)
+runs code and accepts `x - x` or `0e0` tricks. Every check is linear in the completion's length, with
+the answer's length and nesting capped before parsing, so 1 MB of anything is scored in milliseconds.
+
+    reward(completion, example)          -> 1.0 | 0.1 | 0.0, never raises on any str
+    extract_boxed(text, rule="last")     -> content of the last \\boxed{...}, or None
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+BOX = "\\boxed{"
+MAX_ANSWER_CHARS = 4096   # a box longer than this is no answer (an ARC-1D row of 40 cells is 79 chars)
+MAX_EXPR_CHARS = 256      # a Countdown expression of 6 numbers <= 100 fits easily
+MAX_DEPTH = 32            # parentheses / unary-minus nesting accepted in a Countdown expression
+MAX_DIGITS = 6            # longest integer literal parsed (the given numbers have at most 3 digits)
+
+
+# -----------------------------------------------------------------------------
+# \boxed{} extraction
+
+def extract_boxed(text: str, rule: str = "last") -> str | None:
+    """Content of the last `\\boxed{...}` (braces balanced), stripped; None if there is none, or it does
+    not close within MAX_ANSWER_CHARS (an over-long box is no answer). rule="last": the last box anywhere
+    (what graders usually do). rule="last_line": the released code's rule, the last box on the last
+    non-empty line only, so an answer boxed mid-text and followed by more text gets no credit.
+    Cost: one rfind over the text plus a brace scan of at most MAX_ANSWER_CHARS characters."""
+    if rule == "last_line":
+        text = text.rstrip()
+        text = text[text.rfind("\n") + 1:]
+    elif rule != "last":
+        raise ValueError(f"box rule must be 'last' or 'last_line', got {rule!r}")
+    start = text.rfind(BOX)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(BOX)
+    for j in range(i, min(len(text), i + MAX_ANSWER_CHARS + 1)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Countdown: a small safe parser over exact fractions
+
+class _Reject(Exception):
+    """The expression is not well formed (or over a cap): a wrong answer, never a crash."""
+
+
+def _tokens(expr: str) -> list[str]:
+    out, i = [], 0
+    while i < len(expr):
+        c = expr[i]
+        if c in " \t":
+            i += 1
+        elif c in "+-*/()":
+            out.append(c)
+            i += 1
+        elif c in "0123456789":    # ASCII digits only: str.isdigit() would accept unicode digits
+            j = i
+            while j < len(expr) and expr[j] in "0123456789":
+                j += 1
+            if j - i > MAX_DIGITS:
+                raise _Reject
+            out.append(expr[i:j])
+            i = j
+        else:                      # letters, '.', 'e', '**' pieces, NUL, unicode: not in the grammar
+            raise _Reject
+    return out
+
+
+def parse_countdown(expr: str) -> tuple[Fraction, list[int]]:
+    """Value and integer literals of an arithmetic expression over integers with + - * /, unary minus and
+    parentheses (nothing else: no powers, decimals, names or calls). Exact Fraction arithmetic. Raises
+    ValueError on anything malformed, over MAX_EXPR_CHARS / MAX_DEPTH, or dividing by zero.
+
+        expr   := term (('+' | '-') term)*
+        term   := unary (('*' | '/') unary)*
+        unary  := '-' unary | atom
+        atom   := INT | '(' expr ')'
+    """
+    if len(expr) > MAX_EXPR_CHARS:
+        raise ValueError("expression too long")
+    try:
+        toks = _tokens(expr)
+    except _Reject:
+        raise ValueError("unexpected character or over-long number") from None
+    pos, literals = 0, []
+
+    def peek() -> str | None:
+        return toks[pos] if pos < len(toks) else None
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return toks[pos - 1]
+
+    def expression(depth: int) -> Fraction:
+        if depth > MAX_DEPTH:          # bounds recursion: never a RecursionError
+            raise _Reject
+        value = term(depth)
+        while peek() in ("+", "-"):
+            value = value + term(depth) if take() == "+" else value - term(depth)
+        return value
+
+    def term(depth: int) -> Fraction:
+        value = unary(depth)
+        while peek() in ("*", "/"):
+            op, rhs = take(), unary(depth)
+            if op == "/" and rhs == 0:
+                raise _Reject
+            value = value * rhs if op == "*" else value / rhs
+        return value
+
+    def unary(depth: int) -> Fraction:
+        if peek() == "-":
+            take()
+            return -unary(depth + 1)
+        return atom(depth)
+
+    def atom(depth: int) -> Fraction:
+        tok = peek()
+        if tok == "(":
+            take()
+            value = expression(depth + 1)
+            if peek() != ")":
+                raise _Reject
+            take()
+            return value
+        if tok is not None and tok.isdigit():
+            take()
+            literals.append(int(tok))
+            return Fraction(int(tok))
+        raise _Reject
+
+    try:
+        value = expression(0)
+    except _Reject:
+        raise ValueError("malformed expression") from None
+    if pos != len(toks):
+        raise ValueError("trailing tokens")
+    return value, literals
+
+
+def countdown_correct(answer: str, numbers: list[int], target: int) -> bool:
+    """The expression equals `target` exactly and uses each of `numbers` exactly once (as a multiset)."""
+    try:
+        value, literals = parse_countdown(answer)
+    except ValueError:
+        return False
+    return value == target and sorted(literals) == sorted(numbers)
+
+
+# -----------------------------------------------------------------------------
+# Per-verifier correctness of an extracted answer, and the reward
+
+def _normalize_grid(s: str) -> str:
+    return " ".join(s.split())    # ARC rows: "0 0 3 3" compared cell by cell, whitespace runs ignored
+
+
+def _correct(verifier: str, answer: str, ex) -> bool:
+    if verifier == "countdown":
+        return countdown_correct(answer, ex.info["numbers"], ex.info["target"])
+    if verifier == "name":       # Zebra: stripped, case-insensitive
+        return answer.strip().casefold() == ex.answer.strip().casefold()
+    if verifier == "grid":       # ARC-1D: exact cells
+        return _normalize_grid(answer) == _normalize_grid(ex.answer)
+    if verifier == "exact":      # bring-your-own tasks: stripped string equality
+        return answer.strip() == ex.answer.strip()
+    raise AssertionError(verifier)
+
+
+def _toy_reward(completion: str, ex) -> float:
+    """Toy tasks answer with one character, no box: the first non-space character of the completion.
+    1.0 if it is the answer, 0.1 if it is at least a symbol of the task's alphabet, else 0.0."""
+    head = completion.lstrip()[:1]
+    if head == ex.answer:
+        return 1.0
+    return 0.1 if head and head in ex.info["alphabet"] else 0.0
+
+
+VERIFIERS = ("countdown", "name", "grid", "exact", "toy")
+
+
+def reward(completion: str, ex, box_rule: str = "last") -> float:
+    """SPEC section 1: 1.0 correct, 0.1 a boxed but wrong answer, 0.0 no (closed, non-empty) box.
+    `ex` is a tasks.Example; its `verifier` picks the check. Never raises on any completion string."""
+    if ex.verifier == "toy":
+        return _toy_reward(completion, ex)
+    if ex.verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {ex.verifier!r}; known: {', '.join(VERIFIERS)}")
+    answer = extract_boxed(completion, box_rule)
+    if not answer:
+        return 0.0
+    return 1.0 if _correct(ex.verifier, answer, ex) else 0.1
+
+
+def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
+    """Accuracy counts only full reward."""
+    return reward(completion, ex, box_rule) == 1.0
