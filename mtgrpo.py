@@ -420,8 +420,8 @@ class Config:
     method: str = "mtgrpo"         # mtgrpo | grpo | dapo | iwu | rps | sec (SPEC 7)
     tasks: str = "countdown_medium,zebra_medium,arc1d_medium"  # Exp. 1 trains on the medium variants
     steps: int = 200               # paper Exp. 1: 720 (Qwen2.5-3B)
-    seed: int = 0
-    out_dir: str = "out"
+    seed: int = 0                  # model init (tiny), data, sampling: one seed fixes the run
+    out_dir: str = "out"           # log.jsonl and checkpoint-STEP/ go here
     resume: str = ""               # a checkpoint dir written by --save-every
     save_every: int = 0            # 0: only at the end
     eval_every: int = 25           # 0: only at the end
@@ -444,7 +444,7 @@ class Config:
     micro_batch_size: int = 8      # rows per forward/backward; gradients accumulate over a minibatch
     lr: float = 1e-6               # AdamW (paper)
     beta1: float = 0.9             # paper (0.9, 0.99); released code (0.9, 0.999)
-    beta2: float = 0.99
+    beta2: float = 0.99            # paper 0.99; released code 0.999
     weight_decay: float = 0.0      # paper: not stated; released code 0.01
     grad_clip: float = 1.0         # paper
     eps_low: float = 0.2           # clip range below 1 (Eq. 13)
@@ -453,7 +453,7 @@ class Config:
     loss_agg: str = "token_mean"   # token_mean (DAPO, paper) | seq_mean (original GRPO)
     adv_std: str = "unbiased"      # unbiased (released code) | population
     filter: str = "strict"         # strict (Exp. 1) | lenient (Exp. 2); GRPO never filters
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more update time
     # task weights (Subroutine 1 / 2)
     lam: float = 0.2               # trade-off lambda (Exp. 1: 0.2 / 0.25; Exp. 2: 0.1-1.2)
     weight_update: str = "iwu"     # iwu (Subroutine 1) | reward_l2 (Subroutine 2 ablation)
@@ -469,8 +469,8 @@ class Config:
     rho_decay: float = 0.9         # EMA decay of the filter-rate estimate rho
     inflate: bool = True           # acceptance-aware inflation m_k (False: m_k = 1, Fig. 16 ablation)
     # SEC baseline (Chen et al. 2025)
-    sec_temperature: float = 0.2
-    sec_decay: float = 0.5
+    sec_temperature: float = 0.2   # Boltzmann temperature over learning progress (SEC paper: 0.2)
+    sec_decay: float = 0.5         # EMA decay of SEC's mean |advantage| per task
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -820,7 +820,9 @@ def prepare_tasks(cfg: Config, tokenizer) -> tuple[list[str], list[tuple[list, l
         style = "chat" if getattr(tokenizer, "chat_template", None) else "r1"
     train, test = [], []
     for name in names:
+        t0 = time.perf_counter()
         tr, te = load_task(name, n_train=cfg.n_train, n_test=cfg.eval_prompts, seed=cfg.seed)
+        print(f"task {name}: {len(tr)} train / {len(te)} test prompts ({time.perf_counter() - t0:.1f} s), prompt style {style}")
         for split, out in ((tr, train), (te, test)):
             ids = [tokenizer(make_prompt(ex, style=style, tokenizer=tokenizer), add_special_tokens=False)["input_ids"] for ex in split]
             keep = [i for i, p in enumerate(ids) if len(p) <= cfg.max_prompt_len]

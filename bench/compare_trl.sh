@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Workload W1 side by side: TRL's GRPOTrainer (../shared/bench/trl_peer.py, in its own venv) and our
+# trainer (bench/w1.py), run alternately RUNS times each (default 3), back to back so both see the same
+# machine. Prints each run's six figures, then ours/TRL for the step time (median over runs of each
+# run's median) and for peak RSS, against the targets: step <= 0.8x TRL, peak RSS <= 0.6x TRL.
+#
+#   bash bench/compare_trl.sh                 # from the repo root; RUNS=5 bash bench/compare_trl.sh
+#   OURS_ARGS="--micro-batch-size 64" bash bench/compare_trl.sh   # time a variant of ours
+#
+# Each side runs in its own venv, created on first use: TRL's as ../shared/bench/README.md says, ours
+# with exactly what CI installs (torch==2.13.0 -r requirements.txt). Peak RSS includes every module
+# the process imports, so neither side may see packages the other lacks (scipy, pulled in by
+# transformers when present, alone adds ~40 MB). Extra arguments (--steps, --threads) go to both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+OURS_ARGS=${OURS_ARGS:-}
+VENV=/tmp/venv-trl
+VENV_OURS=/tmp/venv-mtgrpo
+if [ ! -x "$VENV_OURS/bin/python" ] || ! "$VENV_OURS/bin/python" -c "import transformers" 2>/dev/null; then
+  python3 -m venv "$VENV_OURS"
+  "$VENV_OURS/bin/pip" install torch==2.13.0 -r requirements.txt
+fi
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install torch==2.13.0
+  "$VENV/bin/pip" install trl torch==2.13.0
+fi
+OUT=$(mktemp -d /tmp/compare_trl.XXXX)
+for i in $(seq 1 "$RUNS"); do
+  "$VENV/bin/python" ../shared/bench/trl_peer.py "$@" > "$OUT/trl.$i" 2> "$OUT/trl.$i.err"
+  "$VENV_OURS/bin/python" bench/w1.py $OURS_ARGS "$@" > "$OUT/ours.$i" 2> "$OUT/ours.$i.err"
+  for impl in trl ours; do
+    echo "== $impl run $i: $(grep '^other_processes_cpu' "$OUT/$impl.$i")"
+    tail -n 6 "$OUT/$impl.$i" | paste -sd' '
+  done
+done
+python3 - "$OUT" "$RUNS" <<'EOF'
+import statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+def figs(impl):  # the last six `name value` lines of each run -> {name: [values over runs]}
+    runs_ = [dict(l.split(" ", 1) for l in open(f"{out}/{impl}.{i}").read().splitlines()[-6:]) for i in range(1, runs + 1)]
+    return {k: [float(r[k]) for r in runs_] for k in ("seconds_per_step_median", "peak_rss_mb")}
+t, o = figs("trl"), figs("ours")
+step = statistics.median(o["seconds_per_step_median"]) / statistics.median(t["seconds_per_step_median"])
+rss = statistics.median(o["peak_rss_mb"]) / statistics.median(t["peak_rss_mb"])
+print(f"median s/step  ours {statistics.median(o['seconds_per_step_median']):.4f}  trl {statistics.median(t['seconds_per_step_median']):.4f}")
+print(f"median RSS MB  ours {statistics.median(o['peak_rss_mb']):.1f}  trl {statistics.median(t['peak_rss_mb']):.1f}")
+print(f"ratio step_time ours/trl {step:.3f}  target <= 0.80: {'met' if step <= 0.8 else 'NOT met'}")
+print(f"ratio peak_rss  ours/trl {rss:.3f}  target <= 0.60: {'met' if rss <= 0.6 else 'NOT met'}")
+EOF
+echo "raw outputs: $OUT"

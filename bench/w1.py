@@ -1,0 +1,155 @@
+"""Workload W1 (see ../shared/bench/README.md) run by OUR trainer's functions, for the side-by-side with
+TRL's GRPOTrainer (../shared/bench/trl_peer.py).
+
+W1: the tiny Qwen2 (505,088 params, fp32, char-level tokenizer without '\\n') from
+`mtgrpo.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
+"Solve: a+b=" (step i uses prompts 8i..8i+7) x 8 completions of exactly 64 tokens (<pad> and EOS
+suppressed), temperature 1.0, top_p 1.0; reward = fraction of 'a' characters; group advantages; one
+optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0), AdamW lr 1e-6 (fused if this
+torch has it, as TRL's adamw_torch_fused), grad clip 1.0.
+
+A step is timed from prompt tokenisation to the end of optimizer.step: tokenise, `mtgrpo.generate`,
+decode + reward, `mtgrpo.flatten_groups` (advantages), `mtgrpo.grpo_update` (zero_grad, forward + loss,
+backward, clip, step). Step 1 is warm-up and left out of the median and min. Differences from TRL's
+step: no LR scheduler (TRL: linear decay, a few microseconds) and eps_high = eps_low = 0.2 as TRL.
+
+    python3 bench/w1.py                  # --steps 6 --threads 2 are the defaults
+
+The last six lines are the figures, `name value`, in trl_peer.py's order (`impl` in place of
+`trl_version`). Trust them only when `other_processes_cpu during` is about 0.
+"""
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import mtgrpo as M  # noqa: E402
+
+PROMPTS, ROLLOUTS, TOKENS = 8, 8, 64  # per step: 8 prompts x 8 completions x 64 new tokens
+
+
+def w1_prompts(n: int, seed: int = 1234) -> list[str]:
+    """The first n distinct W1 prompts, e.g. 'Solve: 999+57=' (12-14 characters)."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        p = f"Solve: {rng.randint(10, 999)}+{rng.randint(1, 99)}="
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds this machine spent busy since boot, all cores (user+nice+system+irq+softirq+steal)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherCPU:
+    """Share of all cores used by other processes between start() and share()."""
+
+    def start(self) -> "OtherCPU":
+        self.t, self.busy, self.own = time.perf_counter(), busy_cpu_seconds(), sum(os.times()[:2])
+        return self
+
+    def share(self) -> float:
+        others = (busy_cpu_seconds() - self.busy) - (sum(os.times()[:2]) - self.own)
+        return max(others, 0.0) / ((time.perf_counter() - self.t) * os.cpu_count())
+
+
+def matmul_gflops(n: int = 256, reps: int = 40) -> float:
+    """Best-of-5 GFLOP/s of an n x n fp32 matmul: a slowed (shared) host shows up here."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(6):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--model-dir", default="/tmp/mtgrpo_w1_model", help="where the tiny model is written")
+    ap.add_argument("--micro-batch-size", type=int, default=M.Config.micro_batch_size,
+                    help="rows per forward/backward (default: the trainer's, 8; 64 = one pass as TRL; same gradient)")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    a = ap.parse_args()
+    if a.steps < 2:
+        ap.error("--steps must be >= 2 (step 1 is warm-up)")
+    torch.set_num_threads(a.threads)
+    import transformers
+
+    model, tok = M.load_model(M.build_tiny_model(a.model_dir, newline=False, seed=0), torch.device("cpu"),
+                              a.grad_checkpointing)
+    pad_id, eos_ids = tok.pad_token_id, M.eos_token_ids(model, tok)
+    cfg = M.Config(batch_size=PROMPTS, num_rollouts=ROLLOUTS, max_response_len=TOKENS, temperature=1.0, top_p=1.0,
+                   gen_batch_size=PROMPTS * ROLLOUTS, minibatch_size=PROMPTS, micro_batch_size=a.micro_batch_size,
+                   lr=1e-6, grad_clip=1.0, eps_low=0.2, eps_high=0.2, loss_agg="token_mean")
+    try:  # TRL's adamw_torch_fused; plain AdamW where this torch has no fused CPU kernel
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0)
+    prompts = w1_prompts(PROMPTS * a.steps)
+    torch.manual_seed(42)
+    print(f"setup | params {sum(p.numel() for p in model.parameters()):,} | threads {torch.get_num_threads()} "
+          f"| fused AdamW {opt.defaults.get('fused')} "
+          f"| micro-batch {cfg.micro_batch_size} rows | grad checkpointing {a.grad_checkpointing} | {PROMPTS} prompts x {ROLLOUTS} x {TOKENS} tokens/step", flush=True)
+
+    share_before = (OtherCPU().start(), time.sleep(1.0))[0].share()
+    gflops_before = matmul_gflops()
+    others = OtherCPU().start()
+    times, splits = [], []
+    for step in range(a.steps):
+        t0 = time.perf_counter()
+        batch = prompts[step * PROMPTS:(step + 1) * PROMPTS]
+        ids = tok(batch, add_special_tokens=False)["input_ids"]
+        outs = M.generate(model, tok, ids, ROLLOUTS, cfg, eos_ids, TOKENS, suppress_tokens=[pad_id, tok.eos_token_id])
+        t1 = time.perf_counter()
+        groups = []
+        for p, (resp, mask) in zip(ids, outs):
+            texts = tok.batch_decode(resp, skip_special_tokens=True)
+            rewards = torch.tensor([t.count("a") / max(len(t), 1) for t in texts])
+            groups.append(M.Group(0, p, resp, mask, rewards))
+        rows = M.flatten_groups(groups, unbiased=True, pad_id=pad_id)  # Eq. 11 advantages, (64,)
+        t2 = time.perf_counter()
+        st, _ = M.grpo_update(model, opt, rows, list(range(len(rows.prompts))), None, cfg, cfg.eps_high, pad_id)
+        t3 = time.perf_counter()
+        assert rows.responses.shape == (PROMPTS * ROLLOUTS, TOKENS) and bool(rows.mask.all())
+        times.append(t3 - t0)
+        splits.append((t1 - t0, t2 - t1, t3 - t2))
+        print(f"step {step + 1} | {t3 - t0:.3f}s | generate {t1 - t0:.3f} | score {t2 - t1:.3f} | update {t3 - t2:.3f} "
+              f"| reward {torch.cat([g.rewards for g in groups]).mean():.4f} "
+              f"| grad_norm {st['grad_norm']:.4f}" + (" (warm-up)" if step == 0 else ""), flush=True)
+    share_during = others.share()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    gflops_after = matmul_gflops()
+
+    measured = times[1:]
+    med = statistics.median(measured)
+    g, s, u = (statistics.median(x[i] for x in splits[1:]) for i in range(3))
+    print(f"split_median generate={g:.3f}s ({100 * g / med:.0f}%) score={s:.3f}s update={u:.3f}s")
+    print(f"cpu_calibration_gflops before={gflops_before:.1f} after={gflops_after:.1f} "
+          f"(fp32 256x256 matmul, {torch.get_num_threads()} threads)")
+    print(f"other_processes_cpu share_before={share_before:.2f} during={share_during:.2f} "
+          f"(share of all cores; above ~0.05 the figures are not clean)")
+    print("impl mtgrpo")
+    print(f"transformers_version {transformers.__version__}")
+    print(f"seconds_per_step_median {med:.4f}")
+    print(f"seconds_per_step_min {min(measured):.4f}")
+    print(f"completion_tokens_per_second {PROMPTS * ROLLOUTS * TOKENS / med:.1f}")
+    print(f"peak_rss_mb {peak_rss_mb:.1f}")
+
+
+if __name__ == "__main__":
+    main()
