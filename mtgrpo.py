@@ -542,6 +542,7 @@ def validate(cfg: Config) -> None:
     for name in (t.strip() for t in cfg.tasks.split(",") if t.strip()):
         need(name in TASK_NAMES or name.endswith(".jsonl"),
              f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
+        need(not name.endswith(".jsonl") or os.path.isfile(name), f"--tasks: task file {name} does not exist")
     need(cfg.kl_tau == 0, "--kl-tau > 0 needs a reference model, which this trainer does not keep "
                           "(the paper uses tau = 0); grpo_loss() supports it for other trainers")
 
@@ -808,7 +809,7 @@ def grpo_update(model, opt, rows: Rows, idx: list[int], old_logp: torch.Tensor |
 
 
 def prepare_tasks(cfg: Config, tokenizer) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
-    """Load every task's train/test split and tokenize its prompts once. -> names, train, test, where
+    """Load every task's train/test split and tokenize its prompts once. -> labels, train, test, where
     train[k] = (examples, prompt id lists). Prompts over --max-prompt-len tokens are dropped, loudly."""
     from tasks import load_task, make_prompt
 
@@ -822,7 +823,8 @@ def prepare_tasks(cfg: Config, tokenizer) -> tuple[list[str], list[tuple[list, l
     for name in names:
         t0 = time.perf_counter()
         tr, te = load_task(name, n_train=cfg.n_train, n_test=cfg.eval_prompts, seed=cfg.seed)
-        print(f"task {name}: {len(tr)} train / {len(te)} test prompts ({time.perf_counter() - t0:.1f} s), prompt style {style}")
+        shown = "plain (toy)" if tr[0].verifier == "toy" else style
+        print(f"task {name}: {len(tr)} train / {len(te)} test prompts ({time.perf_counter() - t0:.1f} s), prompt style {shown}")
         for split, out in ((tr, train), (te, test)):
             ids = [tokenizer(make_prompt(ex, style=style, tokenizer=tokenizer), add_special_tokens=False)["input_ids"] for ex in split]
             keep = [i for i, p in enumerate(ids) if len(p) <= cfg.max_prompt_len]
@@ -834,7 +836,8 @@ def prepare_tasks(cfg: Config, tokenizer) -> tuple[list[str], list[tuple[list, l
                              f"--eval-prompts {cfg.eval_prompts}; lower --eval-prompts or raise --max-prompt-len")
         if not train[-1][0]:
             raise ValueError(f"task {name}: no train prompt fits --max-prompt-len {cfg.max_prompt_len}")
-    return names, train, test
+    labels = [tr[0].task for tr, _ in train]   # a .jsonl task is logged under its file's stem
+    return labels, train, test
 
 
 def evaluate(model, tokenizer, test: list[tuple[list, list]], names: list[str], cfg: Config,

@@ -502,6 +502,20 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0
 
 
+def test_trains_on_a_jsonl_task_next_to_a_builtin_one(tmp_path):
+    """Bring-your-own task: a JSONL file is a task like any other (its name in the log is the file stem)."""
+    rows = [{"prompt": f"rev: {a}{b}", "answer": a, "verifier": "toy", "info": {"alphabet": "abcdef"}}
+            for a in "abcdef" for b in "abcdef"]
+    path = tmp_path / "rev.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(tmp_path, tasks=f"toy_copy,{path}", steps=2)
+    M.train(cfg)
+    log = _log(cfg)
+    evals = [r for r in log if r.get("kind") == "eval"]
+    assert set(evals[-1]["acc"]) == {"toy_copy", "rev"}
+    assert all(len(r["z"]) == 2 for r in log if r.get("kind") == "train")
+
+
 def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
     cfg = _cfg(tmp_path, model=tiny_dir, steps=1)
     M.train(cfg)
@@ -513,6 +527,7 @@ def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
 @pytest.mark.parametrize("argv,message", [
     (["--method", "ppo"], "--method must be one of"),
     (["--tasks", "toy_copy,chess"], "chess"),
+    (["--tasks", "toy_copy,/no/such/file.jsonl"], "does not exist"),
     (["--model", "./no/such/dir"], "no such directory"),
     (["--batch-size", "0"], "--batch-size"),
     (["--num-rollouts", "1"], "--num-rollouts"),
