@@ -276,7 +276,7 @@ def _paint(n: int, *blocks: tuple[int, int, int]) -> Row:
     return row
 
 
-def _rule_shift(rng, n):
+def _rule_shift(rng: random.Random, n: int) -> PairMaker:
     k, sign = rng.randint(1, 3), rng.choice((-1, 1))
 
     def pair(rng):
@@ -285,7 +285,7 @@ def _rule_shift(rng, n):
     return pair
 
 
-def _rule_rotate(rng, n):
+def _rule_rotate(rng: random.Random, n: int) -> PairMaker:
     k = rng.randint(1, 3)
 
     def pair(rng):
@@ -294,14 +294,14 @@ def _rule_rotate(rng, n):
     return pair
 
 
-def _rule_mirror(rng, n):
+def _rule_mirror(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         row = _paint(n, _block(rng, n), _block(rng, n))
         return row, row[::-1]
     return pair
 
 
-def _rule_recolor(rng, n):
+def _rule_recolor(rng: random.Random, n: int) -> PairMaker:
     a, b = rng.sample(range(1, 10), 2)
 
     def pair(rng):
@@ -310,7 +310,7 @@ def _rule_recolor(rng, n):
     return pair
 
 
-def _rule_swap_colors(rng, n):
+def _rule_swap_colors(rng: random.Random, n: int) -> PairMaker:
     a, b = rng.sample(range(1, 10), 2)
 
     def pair(rng):
@@ -319,7 +319,7 @@ def _rule_swap_colors(rng, n):
     return pair
 
 
-def _rule_fill_gap(rng, n):
+def _rule_fill_gap(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         i = rng.randrange(n - 2)
         j, c = rng.randint(i + 2, n - 1), rng.randint(1, 9)
@@ -329,7 +329,7 @@ def _rule_fill_gap(rng, n):
     return pair
 
 
-def _rule_gravity(rng, n):
+def _rule_gravity(rng: random.Random, n: int) -> PairMaker:
     to_right = rng.random() < 0.5
 
     def pair(rng):
@@ -340,7 +340,7 @@ def _rule_gravity(rng, n):
     return pair
 
 
-def _rule_extend(rng, n):
+def _rule_extend(rng: random.Random, n: int) -> PairMaker:
     to_right = rng.random() < 0.5
 
     def pair(rng):
@@ -349,7 +349,7 @@ def _rule_extend(rng, n):
     return pair
 
 
-def _rule_hollow(rng, n):
+def _rule_hollow(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         c, s, L = _block(rng, n, min_len=3)
         out = [0] * n
@@ -358,21 +358,21 @@ def _rule_hollow(rng, n):
     return pair
 
 
-def _rule_grow(rng, n):
+def _rule_grow(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         c, s, L = _block(rng, n, margin=1)
         return _paint(n, (c, s, L)), _paint(n, (c, s - 1, L + 2))
     return pair
 
 
-def _rule_shrink(rng, n):
+def _rule_shrink(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         c, s, L = _block(rng, n, min_len=3)
         return _paint(n, (c, s, L)), _paint(n, (c, s + 1, L - 2))
     return pair
 
 
-def _rule_denoise(rng, n):
+def _rule_denoise(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         c, s, L = _block(rng, n, min_len=3)
         out = _paint(n, (c, s, L))
@@ -384,7 +384,7 @@ def _rule_denoise(rng, n):
     return pair
 
 
-def _rule_keep_largest(rng, n):
+def _rule_keep_largest(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         lengths = rng.sample(range(1, max(4, n // 4) + 1), 2)
         first = rng.randint(0, n // 2 - max(lengths) - 1) if n // 2 - max(lengths) - 1 > 0 else 0
@@ -394,7 +394,7 @@ def _rule_keep_largest(rng, n):
     return pair
 
 
-def _rule_move_to_marker(rng, n):
+def _rule_move_to_marker(rng: random.Random, n: int) -> PairMaker:
     marker = rng.randint(1, 9)
 
     def pair(rng):
@@ -408,7 +408,7 @@ def _rule_move_to_marker(rng, n):
     return pair
 
 
-def _rule_duplicate(rng, n):
+def _rule_duplicate(rng: random.Random, n: int) -> PairMaker:
     def pair(rng):
         L = rng.randint(1, max(1, n // 5))
         c, s = rng.randint(1, 9), rng.randint(0, n - 2 * L - 1)
