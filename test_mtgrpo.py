@@ -4,6 +4,8 @@ then the trainer end to end on the tiny model. All on CPU. Run: python -m pytest
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -545,3 +547,13 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert M.main(argv + ["--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_unreachable_hub_names_the_alternatives(tmp_path):
+    """No network (HF_HUB_OFFLINE=1, read at import, hence a subprocess): one line, exit 2, the way out."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    p = subprocess.run([sys.executable, "mtgrpo.py", "--model", "Qwen2.5-0.5B", "--out-dir", str(tmp_path / "o")],
+                       cwd=os.path.dirname(os.path.abspath(__file__)), env=env, capture_output=True, text=True, timeout=120)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith("error: could not load model 'Qwen/Qwen2.5-0.5B'")
+    assert "local directory" in last and "--model tiny" in last
