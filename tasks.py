@@ -100,8 +100,8 @@ def _countdown(rng: random.Random, level: str) -> tuple[str, str, dict]:
         target, witness = items[0]
         if target.denominator == 1 and 1 <= target <= 1000:
             break
-    solution = solve_countdown(numbers, int(target))   # an independent check of reachability
-    assert solution is not None, (numbers, target, witness)
+    if solve_countdown(numbers, int(target)) is None:   # an independent check of reachability
+        raise RuntimeError(f"countdown generator bug: {witness} = {target} but the solver finds no solution")
     listed = ", ".join(map(str, numbers))
     question = (f"Using all of the numbers {listed}, each exactly once, write an arithmetic expression that "
                 f"equals {int(target)}. You may use +, -, *, / and parentheses. "
@@ -241,7 +241,8 @@ def _zebra(rng: random.Random, level: str) -> tuple[str, str, dict]:
             domains = trial
         if all(d & (d - 1) == 0 for d in domains.values()):
             break
-    assert len(zebra_solutions(clues, attributes, n)) == 1
+    if len(zebra_solutions(clues, attributes, n)) != 1:
+        raise RuntimeError(f"zebra generator bug: clues {clues} do not have exactly one solution")
     rng.shuffle(clues)
     first = next(v for (attr, v), p in house.items() if attr == "name" and p == 0)
     listing = "\n".join(f" - {attr}: {', '.join(values)}" for attr, values in attributes.items())
