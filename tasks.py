@@ -215,8 +215,8 @@ def _zebra(rng: random.Random, level: str) -> tuple[str, str, dict]:
     a time, skipping any that tells propagation nothing new, until propagation alone pins every value.
     So the puzzle needs no guessing; `zebra_solutions` then confirms the solution is unique."""
     n = ZEBRA_SIZE[level]
-    names = ["name"] + sorted(rng.sample(sorted(a for a in ZEBRA_ATTRIBUTES if a != "name"), n - 1))
-    attributes = {a: sorted(rng.sample(ZEBRA_ATTRIBUTES[a][0], n)) for a in names}
+    chosen = ["name"] + sorted(rng.sample(sorted(a for a in ZEBRA_ATTRIBUTES if a != "name"), n - 1))
+    attributes = {a: sorted(rng.sample(ZEBRA_ATTRIBUTES[a][0], n)) for a in chosen}
     house = {}
     for attr, values in attributes.items():
         for p, v in enumerate(rng.sample(values, n)):

@@ -118,7 +118,7 @@ def test_grpo_loss_token_and_seq_mean_hand_computed():
     # terms: row 0: 2.2, 2.56 (clipped); row 1: r=0.5, A<0 -> clip to 0.8 -> -0.8
     loss, st = M.grpo_loss(logp, old, adv, mask, 0.2, 0.28, agg="token_mean")
     assert loss.item() == pytest.approx(-(2.2 + 2.56 - 0.8) / 3)
-    assert st["clip_frac"] == pytest.approx(2 / 3)
+    assert float(st["clip_frac"]) == pytest.approx(2 / 3)
     loss, _ = M.grpo_loss(logp, old, adv, mask, 0.2, 0.28, agg="seq_mean")
     assert loss.item() == pytest.approx(-(((2.2 + 2.56) / 2) + (-0.8)) / 2)
 
