@@ -620,10 +620,18 @@ def load_model(name: str, device: torch.device, grad_checkpointing: bool = False
     if hasattr(model.config, "attention_dropout"):
         model.config.attention_dropout = 0.0
     if grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.config.use_cache = True
     model.train()
     return model.to(device), tokenizer
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (transformers 5.2x renamed the method)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -668,18 +676,18 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
              max_new_tokens: int, **overrides: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """n sampled responses for each prompt -> [(tokens (n, T), mask (n, T))] per prompt, on CPU.
 
-    Prompts go through generate() in chunks of cfg.gen_batch_size rows. generate() fills every unset
-    field of our GenerationConfig from the model's own (an instruct model's repetition_penalty 1.05,
-    top_k 20...), which would make the sampling distribution differ from the one the loss assumes, so
-    the model's config is swapped for a neutral one during the call.
+    Prompts go through generate() in chunks of cfg.gen_batch_size rows. Each prompt is prefilled once
+    and its n rows share that KV cache (generate()'s num_return_sequences would prefill it n times).
+    generate() fills every unset field of our GenerationConfig from the model's own (an instruct model's
+    repetition_penalty 1.05, top_k 20...), which would make the sampling distribution differ from the
+    one the loss assumes, so the model's config is swapped for a neutral one during the call.
     `overrides` go into that GenerationConfig (the W1 benchmark suppresses EOS to fix lengths).
     """
     from transformers import GenerationConfig
 
     gen_cfg = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                               max_new_tokens=max_new_tokens, num_return_sequences=n,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, bos_token_id=None,
-                               **overrides)
+                               max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=eos_ids, bos_token_id=None, **overrides)
     device = next(model.parameters()).device
     per_call = max(1, cfg.gen_batch_size // n)
     out = []
@@ -688,38 +696,82 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
     model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
     try:
         for i in range(0, len(prompts), per_call):
-            ids, att = left_pad(prompts[i:i + per_call], tokenizer.pad_token_id)
+            ids, att = (t.to(device) for t in left_pad(prompts[i:i + per_call], tokenizer.pad_token_id))  # (U, P)
+            rows = torch.arange(len(ids), device=device).repeat_interleave(n)    # (U*n,) grouped by prompt
+            cache = {}
             with autocast(device):
-                seq = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gen_cfg)
-            resp = seq[:, ids.shape[1]:].cpu()                      # (rows, T), grouped by prompt
+                if ids.shape[1] > 1:  # all but the last prompt token; generate() runs that one and samples
+                    cache = {_cache_kwarg(model): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0]}
+                seq = model.generate(input_ids=ids[rows], attention_mask=att[rows], generation_config=gen_cfg, **cache)
+            resp = seq[:, ids.shape[1]:].cpu()                      # (U*n, T)
             mask = response_mask(resp, eos_ids)
-            out += [(resp[j * n:(j + 1) * n], mask[j * n:(j + 1) * n]) for j in range(len(resp) // n)]
+            out += [(resp[j * n:(j + 1) * n], mask[j * n:(j + 1) * n]) for j in range(len(ids))]
     finally:
         model.train(was_training)
         model.generation_config = model_gen_cfg
     return out
 
 
+def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
+    """Run U left-padded prompts (U, P) once -> (KV cache of R = len(rows) rows, where row r holds prompt
+    rows[r], and the prompts' last hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate()
+    builds them, so a response continued from this cache sees exactly what a full pass would."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    hidden = model.base_model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(dim=1) - 1).clamp(min=0),
+                              use_cache=True, **{_cache_kwarg(model): cache}).last_hidden_state
+    cache.reorder_cache(rows)  # (U, ...) -> (R, ...); index_select, so gradients sum back over the rows
+    return cache, hidden
+
+
 def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int,
-                    temperature: float) -> torch.Tensor:
+                    temperature: float, share_prompts: bool = True) -> torch.Tensor:
     """log pi_theta of each response token, (R, T) float32, for R rows of [left-padded prompt | response].
 
-    Position ids are cumsum(attention_mask) - 1, exactly as generate() builds them, so the recomputed
-    log-probs equal the sampler's (the first minibatch's ratio is exactly 1). Only the hidden states of
-    response positions reach the lm_head, chunk by chunk (token_logprobs): never full-vocab logits.
+    GRPO rows come N to a prompt, so each distinct prompt runs once and its KV cache is shared by its
+    rows: the prompt's tokens cost 1/N of a row-by-row pass (N = 72 in Exp. 1). Position ids are
+    cumsum(attention_mask) - 1, exactly as generate() builds them, so the recomputed log-probs equal
+    the sampler's (the first minibatch's ratio is exactly 1). Only the hidden states of response
+    positions reach the lm_head, chunk by chunk (token_logprobs): never full-vocab logits.
     """
     device = next(model.parameters()).device
-    ids, att = left_pad(prompts, pad_id)
-    P, T = ids.shape[1], responses.shape[1]
-    input_ids = torch.cat([ids, responses], dim=1).to(device)
-    attention = torch.cat([att, torch.ones_like(responses)], dim=1).to(device)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    slot: dict[tuple[int, ...], int] = {}
+    row_prompt = torch.tensor([slot.setdefault(tuple(p), len(slot)) for p in prompts], device=device)  # (R,)
+    ids, att = (t.to(device) for t in left_pad([list(p) for p in slot], pad_id))  # (U, P) distinct prompts
+    responses = responses.to(device)
+    R, T = responses.shape
+    # HF drops the KV cache of checkpointed layers in training, so there every row runs whole.
+    share = share_prompts and len(slot) < R and not (_checkpointing(model) and torch.is_grad_enabled())
     with autocast(device):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                  use_cache=False).last_hidden_state           # (R, P+T, H)
-        # position P-1+t predicts response token t
-        return token_logprobs(hidden[:, P - 1:P + T - 1], model.get_output_embeddings().weight,
-                              responses.to(device), temperature)
+        if not share:
+            ids, att = ids[row_prompt], att[row_prompt]
+            P = ids.shape[1]
+            attention = torch.cat([att, torch.ones_like(responses)], dim=1)
+            hidden = model.base_model(input_ids=torch.cat([ids, responses], dim=1), attention_mask=attention,
+                                      position_ids=(attention.cumsum(dim=1) - 1).clamp(min=0),
+                                      use_cache=False).last_hidden_state[:, P - 1:P + T - 1]  # (R, T, H)
+        else:
+            cache, prompt_hidden = prompt_cache(model, ids, att, row_prompt)
+            hidden = prompt_hidden[row_prompt, -1:]  # (R, 1, H): the last prompt token predicts y_0
+            if T > 1:  # y_0..y_{T-2} predict y_1..y_{T-1}; y_t sits at position len(prompt) + t
+                attention = torch.cat([att[row_prompt], torch.ones_like(responses[:, 1:])], dim=1)
+                positions = att.sum(dim=1)[row_prompt, None] + torch.arange(T - 1, device=device)
+                out = model.base_model(input_ids=responses[:, :-1], attention_mask=attention, position_ids=positions,
+                                       use_cache=True, **{_cache_kwarg(model): cache})
+                hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (R, T, H)
+        return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
+
+
+def _checkpointing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed forward's `past_key_values` to `cache` (5.2x); take whichever this one has."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
 def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], tokenizer, box_rule: str) -> list[torch.Tensor]:

@@ -190,6 +190,42 @@ def test_policy_logprobs_match_generate_scores(tiny):
     assert torch.allclose(ours[mask], ref[mask], atol=1e-5)
 
 
+def _logprobs_and_grads(model, prompts, resp, pad_id, share):
+    model.zero_grad(set_to_none=True)
+    lp = M.policy_logprobs(model, prompts, resp, pad_id, 0.7, share_prompts=share)
+    (lp * torch.linspace(-1, 1, lp.numel()).reshape(lp.shape)).sum().backward()  # a loss that weighs every token
+    return lp.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_shared_prompt_forward_equals_row_by_row(tiny_dir, T):
+    """Running each distinct prompt once and sharing its KV cache (rows of two groups of unequal prompt
+    length, one group cut by the micro-batch edge) gives the row-by-row log-probs and gradients."""
+    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    a, b = tok("copy abcdef:")["input_ids"], tok("sum 3+4:")["input_ids"]
+    prompts = [a, a, a, b, b]
+    resp = torch.randint(2, 60, (5, T), generator=torch.Generator().manual_seed(0))
+    lp_row, g_row = _logprobs_and_grads(model, prompts, resp, tok.pad_token_id, share=False)
+    lp_shared, g_shared = _logprobs_and_grads(model, prompts, resp, tok.pad_token_id, share=True)
+    assert torch.allclose(lp_shared, lp_row, atol=1e-5)
+    for gs, gr in zip(g_shared, g_row):
+        assert torch.allclose(gs, gr, atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
+    """HF drops the KV cache of checkpointed layers in training: the shared path must not be taken
+    there (the responses would lose their prompt), and the no-grad passes may still share."""
+    plain, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    ckpt, _ = M.load_model(tiny_dir, torch.device("cpu"), grad_checkpointing=True)
+    a = tok("copy abcdef:")["input_ids"]
+    resp = torch.randint(2, 60, (3, 5), generator=torch.Generator().manual_seed(1))
+    lp_ref, g_ref = _logprobs_and_grads(plain, [a] * 3, resp, tok.pad_token_id, share=False)
+    lp, g = _logprobs_and_grads(ckpt, [a] * 3, resp, tok.pad_token_id, share=True)
+    assert torch.allclose(lp, lp_ref, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(g, g_ref))
+    with torch.no_grad():
+        assert torch.allclose(M.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
+
 def test_generate_ignores_the_models_own_sampling_settings(tiny):
     """generate() would fill unset fields from model.generation_config (an instruct model's
     repetition_penalty, top_k...). Here the model's config suppresses ids 2..59; sampling at temperature
@@ -207,6 +243,30 @@ def test_generate_ignores_the_models_own_sampling_settings(tiny):
     tokens = torch.cat([r for r, _ in outs])
     assert ((tokens >= 2) & (tokens < 60)).any()
     assert model.generation_config is saved
+
+
+@pytest.mark.parametrize("texts", [["copy abcdef:", "sum 3+4:"], ["a", "b"]])
+def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, texts):
+    """Prefilling each prompt once and sharing its cache over its n rows draws the same tokens as HF
+    generate() with num_return_sequences (same seed, same logits up to float error), unequal prompt
+    lengths included; one-token prompts have nothing to prefill. The weights are scaled up so that the
+    next-token distributions are peaked: near-uniform ones would hide a wrong prefix."""
+    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    prompts = [tok(t)["input_ids"] for t in texts]
+    ids, att = M.left_pad(prompts, tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                             num_return_sequences=3, max_new_tokens=12, pad_token_id=tok.pad_token_id,
+                             eos_token_id=[tok.eos_token_id])[:, ids.shape[1]:]
+    torch.manual_seed(0)
+    outs = M.generate(model, tok, prompts, 3, M.Config(gen_batch_size=6), [tok.eos_token_id], max_new_tokens=12)
+    T = max(r.shape[1] for r, _ in outs)
+    ours = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=tok.pad_token_id) for r, _ in outs])
+    assert torch.equal(ours, ref)
 
 
 # -----------------------------------------------------------------------------

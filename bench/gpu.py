@@ -71,7 +71,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(shape, device)
     if a.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        M.enable_checkpointing(model)
     n_params = sum(p.numel() for p in model.parameters())
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
     cfg = M.Config(batch_size=a.prompts, num_rollouts=a.rollouts, max_response_len=a.response_len,
