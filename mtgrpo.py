@@ -741,8 +741,8 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
     ids, att = (t.to(device) for t in left_pad([list(p) for p in slot], pad_id))  # (U, P) distinct prompts
     responses = responses.to(device)
     R, T = responses.shape
-    # HF drops the KV cache of checkpointed layers in training, so there every row runs whole.
-    share = share_prompts and len(slot) < R and not (_checkpointing(model) and torch.is_grad_enabled())
+    # HF drops the KV cache of checkpointed layers in train mode, so there every row runs whole.
+    share = share_prompts and len(slot) < R and not (model.training and _checkpointing(model))
     with autocast(device):
         if not share:
             ids, att = ids[row_prompt], att[row_prompt]

@@ -213,8 +213,8 @@ def test_shared_prompt_forward_equals_row_by_row(tiny_dir, T):
 
 
 def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
-    """HF drops the KV cache of checkpointed layers in training: the shared path must not be taken
-    there (the responses would lose their prompt), and the no-grad passes may still share."""
+    """HF drops the KV cache of checkpointed layers in train mode: the shared path must not be taken
+    there (the responses would lose their prompt), with or without gradients."""
     plain, tok = M.load_model(tiny_dir, torch.device("cpu"))
     ckpt, _ = M.load_model(tiny_dir, torch.device("cpu"), grad_checkpointing=True)
     a = tok("copy abcdef:")["input_ids"]
