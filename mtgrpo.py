@@ -28,6 +28,7 @@ Shapes: B prompts, N rollouts per prompt, R = rows (prompts x N), T tokens, V vo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -769,9 +770,14 @@ def _checkpointing(model) -> bool:
 
 def _cache_kwarg(model) -> str:
     """transformers renamed forward's `past_key_values` to `cache` (5.2x); take whichever this one has."""
+    return _cache_kwarg_of(type(model.base_model))
+
+
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], tokenizer, box_rule: str) -> list[torch.Tensor]:
