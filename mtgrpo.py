@@ -455,7 +455,7 @@ class Config:
     loss_agg: str = "token_mean"   # token_mean (DAPO, paper) | seq_mean (original GRPO)
     adv_std: str = "unbiased"      # unbiased (released code) | population
     filter: str = "strict"         # strict (Exp. 1) | lenient (Exp. 2); GRPO never filters
-    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more update time
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower update
     # task weights (Subroutine 1 / 2)
     lam: float = 0.2               # trade-off lambda (Exp. 1: 0.2 / 0.25; Exp. 2: 0.1-1.2)
     weight_update: str = "iwu"     # iwu (Subroutine 1) | reward_l2 (Subroutine 2 ablation)
@@ -714,9 +714,9 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
 
 
 def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
-    """Run U left-padded prompts (U, P) once -> (KV cache of R = len(rows) rows, where row r holds prompt
-    rows[r], and the prompts' last hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate()
-    builds them, so a response continued from this cache sees exactly what a full pass would."""
+    """Run U left-padded prompts (U, P) once -> (KV cache of R = len(rows) rows, row r holding prompt
+    rows[r]; final hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate() builds them,
+    so a response continued from this cache sees exactly what a full pass over [prompt | response] would."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
@@ -765,6 +765,7 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
 
 
 def _checkpointing(model) -> bool:
+    """Whether HF gradient checkpointing is on in any layer (the flag moved between transformers versions)."""
     return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 

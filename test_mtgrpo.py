@@ -245,12 +245,13 @@ def test_generate_ignores_the_models_own_sampling_settings(tiny):
     assert model.generation_config is saved
 
 
-@pytest.mark.parametrize("texts", [["copy abcdef:", "sum 3+4:"], ["a", "b"]])
+@pytest.mark.parametrize("texts", [["copy abcdef:", "sum 3+4:"], ["a", "copy abc:"], ["a", "b"]])
 def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, texts):
     """Prefilling each prompt once and sharing its cache over its n rows draws the same tokens as HF
     generate() with num_return_sequences (same seed, same logits up to float error), unequal prompt
-    lengths included; one-token prompts have nothing to prefill. The weights are scaled up so that the
-    next-token distributions are peaked: near-uniform ones would hide a wrong prefix."""
+    lengths included (a one-token prompt beside a longer one has only padding to prefill); one-token
+    prompts alone have nothing to prefill. The weights are scaled up so that the next-token
+    distributions are peaked: near-uniform ones would hide a wrong prefix."""
     model, tok = M.load_model(tiny_dir, torch.device("cpu"))
     with torch.no_grad():
         for p in model.parameters():

@@ -6,9 +6,10 @@ order: RP sampler (generate + score + filter) -> old log-probs -> minibatch upda
 B * N = 256 responses (B = 32 prompts x N = 8) of exactly --response-len tokens (EOS suppressed: a random
 model never stops), 128-token random prompts, random rewards so that about half the groups survive.
 
-Prints: generation tokens/s, update tokens/s and MFU (6 x params x tokens + attention FLOPs over the
-measured update time, against --peak-tflops, H100 SXM dense bf16 = 989), peak GPU memory, and the step
-split (generation / old log-probs / update / I_k pass / sampler + IWU bookkeeping).
+Prints: generation tokens/s, update tokens/s and MFU (6 x params x response tokens + attention FLOPs
+over the measured update time, against --peak-tflops, H100 SXM dense bf16 = 989; the prompts, run once
+per group and shared by its rows, are not counted, so MFU is a lower bound), peak GPU memory, and the
+step split (generation / old log-probs / update / I_k pass / sampler + IWU bookkeeping).
 
     python bench/gpu.py                  # on a GPU machine (targets: >= 20k gen tok/s, >= 35% MFU, <= 40 GB)
     python bench/gpu.py --smoke          # a scaled-down shape that runs on CPU in seconds (checks the script)
