@@ -20,7 +20,7 @@ code (github.com/rsshyam/MT-GRPO), the comment at that line says so; SPEC-style 
     filtered), and the RP sampler always terminates (at most N_rs resampling rounds).
 
 Run:
-    python mtgrpo.py --model tiny                 # CPU demo, no download: tiny Qwen2 on toy tasks (~1 min)
+    python mtgrpo.py --model tiny                 # CPU demo, no download: tiny Qwen2 on toy tasks (~20 s)
     python mtgrpo.py --model Qwen2.5-0.5B         # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R = rows (prompts x N), T tokens, V vocab, K tasks.
 """
@@ -476,7 +476,7 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU demo: the tiny model on the toy tasks, about a minute on 2 cores.
+    # CPU demo: the tiny model on the toy tasks, about 20 s on 2 cores.
     "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64,
                  n_train=1000, batch_size=16, num_rollouts=8, max_prompt_len=32, max_response_len=4,
                  gen_batch_size=512, minibatch_size=16, micro_batch_size=128, lr=3e-3, max_resample_rounds=3),
@@ -701,7 +701,7 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: Config, eo
             rows = torch.arange(len(ids), device=device).repeat_interleave(n)    # (U*n,) grouped by prompt
             cache = {}
             with autocast(device):
-                if ids.shape[1] > 1:  # all but the last prompt token; generate() runs that one and samples
+                if n > 1 and ids.shape[1] > 1:  # all but the last prompt token; generate() runs that one
                     cache = {_cache_kwarg(model): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0]}
                 seq = model.generate(input_ids=ids[rows], attention_mask=att[rows], generation_config=gen_cfg, **cache)
             resp = seq[:, ids.shape[1]:].cpu()                      # (U*n, T)

@@ -245,12 +245,13 @@ def test_generate_ignores_the_models_own_sampling_settings(tiny):
     assert model.generation_config is saved
 
 
-@pytest.mark.parametrize("texts", [["copy abcdef:", "sum 3+4:"], ["a", "copy abc:"], ["a", "b"]])
-def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, texts):
+@pytest.mark.parametrize("texts,n", [(["copy abcdef:", "sum 3+4:"], 3), (["a", "copy abc:"], 3), (["a", "b"], 3),
+                                     (["copy abcdef:", "sum 3+4:"], 1)])
+def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, texts, n):
     """Prefilling each prompt once and sharing its cache over its n rows draws the same tokens as HF
     generate() with num_return_sequences (same seed, same logits up to float error), unequal prompt
     lengths included (a one-token prompt beside a longer one has only padding to prefill); one-token
-    prompts alone have nothing to prefill. The weights are scaled up so that the next-token
+    prompts alone, or n = 1, have nothing to share. The weights are scaled up so that the next-token
     distributions are peaked: near-uniform ones would hide a wrong prefix."""
     model, tok = M.load_model(tiny_dir, torch.device("cpu"))
     with torch.no_grad():
@@ -261,10 +262,10 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
     torch.manual_seed(0)
     with torch.no_grad():
         ref = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                             num_return_sequences=3, max_new_tokens=12, pad_token_id=tok.pad_token_id,
+                             num_return_sequences=n, max_new_tokens=12, pad_token_id=tok.pad_token_id,
                              eos_token_id=[tok.eos_token_id])[:, ids.shape[1]:]
     torch.manual_seed(0)
-    outs = M.generate(model, tok, prompts, 3, M.Config(gen_batch_size=6), [tok.eos_token_id], max_new_tokens=12)
+    outs = M.generate(model, tok, prompts, n, M.Config(gen_batch_size=6), [tok.eos_token_id], max_new_tokens=12)
     T = max(r.shape[1] for r, _ in outs)
     ours = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=tok.pad_token_id) for r, _ in outs])
     assert torch.equal(ours, ref)
