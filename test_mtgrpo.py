@@ -226,6 +226,7 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
     with torch.no_grad():
         assert torch.allclose(M.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
 
+
 def test_generate_ignores_the_models_own_sampling_settings(tiny):
     """generate() would fill unset fields from model.generation_config (an instruct model's
     repetition_penalty, top_k...). Here the model's config suppresses ids 2..59; sampling at temperature
@@ -617,5 +618,6 @@ def test_unreachable_hub_names_the_alternatives(tmp_path):
     p = subprocess.run([sys.executable, "mtgrpo.py", "--model", "Qwen2.5-0.5B", "--out-dir", str(tmp_path / "o")],
                        cwd=os.path.dirname(os.path.abspath(__file__)), env=env, capture_output=True, text=True, timeout=120)
     last = p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr
     assert p.returncode == 2 and last.startswith("error: could not load model 'Qwen/Qwen2.5-0.5B'")
     assert "local directory" in last and "--model tiny" in last
