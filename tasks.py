@@ -156,7 +156,7 @@ def _propagate(domains: dict, clues: list, attributes: dict, n: int) -> bool:
         for attr, values in attributes.items():   # all-different: placed values leave the others' sets
             for v in values:
                 d = domains[(attr, v)]
-                if d and d & (d - 1) == 0:
+                if d.bit_count() == 1:
                     for w in values:
                         if w != v and domains[(attr, w)] & d:
                             domains[(attr, w)] &= ~d
@@ -183,11 +183,11 @@ def zebra_solutions(clues: list, attributes: dict, n: int, limit: int = 2) -> li
     def search(domains: dict) -> None:
         if len(found) >= limit or not _propagate(domains, clues, attributes, n):
             return
-        open_ = [k for k, d in domains.items() if d & (d - 1)]
+        open_ = [k for k, d in domains.items() if d.bit_count() > 1]
         if not open_:
             found.append({k: d.bit_length() - 1 for k, d in domains.items()})
             return
-        k = min(open_, key=lambda k: bin(domains[k]).count("1"))
+        k = min(open_, key=lambda k: domains[k].bit_count())
         for p in range(n):
             if domains[k] >> p & 1:
                 search({**domains, k: 1 << p})
@@ -235,11 +235,12 @@ def _zebra(rng: random.Random, level: str) -> tuple[str, str, dict]:
     domains = {x: (1 << n) - 1 for x in people}
     for clue in candidates:
         trial = dict(domains)
-        assert _propagate(trial, clues + [clue], attributes, n)   # every candidate clue is true
+        if not _propagate(trial, clues + [clue], attributes, n):   # every candidate clue is true
+            raise RuntimeError(f"zebra generator bug: true clue {clue} contradicts clues {clues}")
         if trial != domains:
             clues.append(clue)
             domains = trial
-        if all(d & (d - 1) == 0 for d in domains.values()):
+        if all(d.bit_count() == 1 for d in domains.values()):
             break
     if len(zebra_solutions(clues, attributes, n)) != 1:
         raise RuntimeError(f"zebra generator bug: clues {clues} do not have exactly one solution")
@@ -263,9 +264,10 @@ Row = list[int]
 PairMaker = Callable[[random.Random], tuple[Row, Row]]
 
 
-def _block(rng: random.Random, n: int, min_len: int = 1, max_len: int | None = None, margin: int = 0) -> tuple[int, int, int]:
-    """(color, start, length) of a random one-color block that leaves `margin` free cells on each side."""
-    length = rng.randint(min_len, max(min_len, max_len or n // 3))
+def _block(rng: random.Random, n: int, min_len: int = 1, margin: int = 0) -> tuple[int, int, int]:
+    """(color, start, length) of a random one-color block, at most n // 3 long (but at least min_len), that
+    leaves `margin` free cells on each side."""
+    length = rng.randint(min_len, max(min_len, n // 3))
     start = rng.randint(margin, n - margin - length)
     return rng.randint(1, 9), start, length
 
@@ -505,8 +507,8 @@ def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) 
             seen.add(ex.question)
             examples.append(ex)
         if i > 20 * (n_test + n_train) + 1000:   # the toy tasks have finitely many distinct questions
-            raise ValueError(f"task {name} has only {len(examples)} distinct questions; ask for fewer than "
-                             f"n_train {n_train} + n_test {n_test}")
+            raise ValueError(f"task {name} has {len(examples)} distinct questions; n_train {n_train} + "
+                             f"n_test {n_test} asks for more")
     return examples[n_test:], examples[:n_test]
 
 
@@ -514,15 +516,20 @@ def _load_jsonl(path: str, n_train: int, n_test: int, seed: int) -> tuple[list[E
     """Bring-your-own task: one JSON object per line with "prompt", "answer" and "verifier" (one of
     verify.VERIFIERS); optional "info" (countdown needs {"numbers": [...], "target": t}, toy needs
     {"alphabet": "..."}) and "split" ("train" | "test"). Without "split", a seeded shuffle puts n_test
-    lines in test and the rest in train."""
-    from verify import VERIFIERS
+    lines in test and the rest in train. Every prompt must be distinct, so no test question is trained on."""
+    from verify import check_info
 
     if not os.path.isfile(path):
         raise ValueError(f"task file {path} does not exist")
     task = os.path.splitext(os.path.basename(path))[0]
     rows: list[tuple[str | None, Example]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    first_line: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -530,14 +537,23 @@ def _load_jsonl(path: str, n_train: int, n_test: int, seed: int) -> tuple[list[E
                 prompt, answer, verifier = obj["prompt"], obj["answer"], obj["verifier"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: need a JSON object with \"prompt\", \"answer\" and \"verifier\" ({e})") from None
-            info = obj.get("info", {})
-            if verifier not in VERIFIERS:
-                raise ValueError(f"{path}:{lineno}: unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
-            needs = {"countdown": ("numbers", "target"), "toy": ("alphabet",)}.get(verifier, ())
-            if not isinstance(info, dict) or any(k not in info for k in needs):
-                raise ValueError(f"{path}:{lineno}: verifier {verifier!r} needs \"info\" with {', '.join(needs)}")
-            rows.append((obj.get("split"), Example(task, str(prompt), str(answer), verifier, info)))
-    if any(split is not None for split, _ in rows):
+            info, split = obj.get("info", {}), obj.get("split")
+            try:
+                check_info(verifier, info)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+            if split not in (None, "train", "test"):
+                raise ValueError(f"{path}:{lineno}: \"split\" must be \"train\" or \"test\", got {split!r}")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{path}:{lineno}: \"prompt\" must be a non-empty string, got {prompt!r:.80}")
+            if prompt in first_line:
+                raise ValueError(f"{path}:{lineno}: repeats the prompt of line {first_line[prompt]}; "
+                                 f"remove duplicates (a repeat could land in both train and test)")
+            first_line[prompt] = lineno
+            rows.append((split, Example(task, prompt, str(answer), verifier, info)))
+            if (split is None) != (rows[0][0] is None):   # a line without a split would be dropped
+                raise ValueError(f"{path}:{lineno}: give \"split\" on every line or on none")
+    if rows and rows[0][0] is not None:
         train = [ex for split, ex in rows if split == "train"][:n_train]
         test = [ex for split, ex in rows if split == "test"]
     else:

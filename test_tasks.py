@@ -4,6 +4,9 @@ safety on adversarial completions). CPU only, a few seconds in all."""
 import hashlib
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -123,8 +126,8 @@ def test_countdown_solver_confirms_reachability_and_reports_unreachable():
             expr = tasks.solve_countdown(ex.info["numbers"], ex.info["target"])
             assert expr is not None and verify.countdown_correct(expr, ex.info["numbers"], ex.info["target"])
     assert tasks.solve_countdown([1, 1, 1], 1000) is None    # largest reachable is 3 (1 + 1 + 1)
-    assert tasks.solve_countdown([1, 1, 1], 3) is not None
-    assert tasks.solve_countdown([2, 3, 7], 42) is not None   # 2 * 3 * 7
+    for numbers, target in (([1, 1, 1], 3), ([2, 3, 7], 42), ([6, 4, 4], 6)):   # 1+1+1, 2*3*7, 6/4*4
+        assert verify.countdown_correct(tasks.solve_countdown(numbers, target), numbers, target)
 
 
 def _brute_force_zebra(ex: Example) -> list[dict]:
@@ -152,12 +155,22 @@ def test_zebra_solution_is_unique_by_brute_force_and_answers_house_one():
         assert next(v for (a, v), p in sols[0].items() if a == "name" and p == 0) == ex.answer
 
 
+def test_zebra_generation_does_not_depend_on_asserts():
+    """python -O strips asserts; the generator must give the same puzzles with and without them."""
+    code = "import tasks; print([e.question for e in tasks.load_task('zebra_medium', n_train=3, n_test=1)[0]])"
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "-O", "-c", code], cwd=here, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str([e.question for e in tasks.load_task("zebra_medium", n_train=3, n_test=1)[0]])
+
+
 def test_zebra_solver_counts_solutions():
     for ex in tasks.load_task("zebra_hard", n_train=5, n_test=1)[0]:
         clues = [(k, tuple(a), b if k == "in_house" else tuple(b)) for k, a, b in ex.info["clues"]]
         attrs = ex.info["attributes"]
-        n = len(attrs)
-        assert len(tasks.zebra_solutions(clues, attrs, n)) == 1
+        n = len(next(iter(attrs.values())))   # houses = values per attribute
+        (sol,) = tasks.zebra_solutions(clues, attrs, n)
+        assert next(v for (a, v), p in sol.items() if a == "name" and p == 0) == ex.answer
         assert len(tasks.zebra_solutions(clues[:-3], attrs, n)) >= 1   # fewer clues never zero
     # Hand case: 2 people, 1 attribute, no clues -> 2 solutions; one clue pins it.
     attrs = {"name": ["Alice", "Bob"]}
@@ -244,10 +257,21 @@ def test_adversarial_completions_are_scored_fast_and_correctly(i):
         r = verify.reward(completion, ex, box_rule=rule)
         elapsed = time.perf_counter() - t
         assert elapsed < 0.05, (i, rule, elapsed)
-        if rule == "last":
-            assert r == expected, (i, r)
-        else:
-            assert r in (0.0, 0.1, 1.0)
+        assert r == expected, (i, rule, r)   # every answer above is boxed on the last line
+
+
+@pytest.mark.parametrize("completion,ex,last,last_line", [
+    (boxed("3*5+7") + "\nSo that is it.", COUNTDOWN, 1.0, 0.0),       # boxed, then more text
+    (boxed("3*5+7") + "\n" + "x" * 1_000_000, COUNTDOWN, 1.0, 0.0),
+    (boxed("Alice") + "\n" + boxed("Bob"), ZEBRA, 0.1, 0.1),          # the last box counts, not any box
+    ("\\boxed{\\boxed{Alice} Bob}", ZEBRA, 1.0, 1.0),                  # nested: the last opening, the inner box
+    (boxed("3*5+7") + "\n\n  \n", COUNTDOWN, 1.0, 1.0),               # trailing blank lines are not a last line
+])
+def test_reward_passes_the_box_rule_through(completion, ex, last, last_line):
+    t = time.perf_counter()
+    assert verify.reward(completion, ex, box_rule="last") == last
+    assert verify.reward(completion, ex, box_rule="last_line") == last_line
+    assert time.perf_counter() - t < 0.1
 
 
 def test_unknown_verifier_is_a_clear_error():
@@ -267,6 +291,8 @@ def test_load_task_rejects_bad_names_and_sizes():
         tasks.load_task("toy_copy", n_train=10_001)
     with pytest.raises(ValueError, match="n_test"):
         tasks.load_task("toy_copy", n_test=0)
+    with pytest.raises(ValueError, match="toy_sum has 3600 distinct questions"):   # 6 * 6 letter pairs x 10 x 10 digits
+        tasks.load_task("toy_sum", n_train=3600, n_test=1)
 
 
 def _write_jsonl(path, rows):
@@ -292,15 +318,35 @@ def test_jsonl_task_loads_splits_and_scores(tmp_path):
 @pytest.mark.parametrize("rows,message", [
     ([{"prompt": "p", "answer": "a"}], "need a JSON object"),
     ([{"prompt": "p", "answer": "a", "verifier": "regex"}], "unknown verifier 'regex'"),
-    ([{"prompt": "p", "answer": "a", "verifier": "countdown"}], "needs \"info\" with numbers, target"),
-    ([{"prompt": "p", "answer": "a", "verifier": "exact"}] * 3, "need 5 test"),
+    ([{"prompt": "p", "answer": "a", "verifier": "countdown"}], "bad.jsonl:1: verifier \"countdown\" needs"),
+    ([{"prompt": "p", "answer": "a", "verifier": "countdown", "info": {"numbers": ["3", "4"], "target": 7}}],
+     "bad.jsonl:1: verifier \"countdown\" needs \"info\": {\"numbers\": \\[integers\\]"),
+    ([{"prompt": "p", "answer": "a", "verifier": "countdown", "info": {"numbers": [3, 4], "target": 7.0}}],
+     "target\": integer"),
+    ([{"prompt": "p", "answer": "a", "verifier": "toy", "info": {"alphabet": 12}}], "verifier \"toy\" needs"),
+    ([{"prompt": "p", "answer": "a", "verifier": "exact", "info": [1]}], "\"info\" must be a JSON object"),
+    ([{"prompt": ["p"], "answer": "a", "verifier": "exact"}], "bad.jsonl:1: \"prompt\" must be a non-empty string"),
+    ([{"prompt": "p", "answer": "a", "verifier": "exact", "split": "validation"}],
+     "bad.jsonl:1: \"split\" must be \"train\" or \"test\", got 'validation'"),
+    ([{"prompt": "p", "answer": "a", "verifier": "exact", "split": "test"}, {"prompt": "q", "answer": "a", "verifier": "exact"}],
+     "bad.jsonl:2: give \"split\" on every line or on none"),
+    ([{"prompt": "p", "answer": "a", "verifier": "exact"}, {"prompt": "q", "answer": "b", "verifier": "exact"},
+      {"prompt": "p", "answer": "c", "verifier": "exact"}], "bad.jsonl:3: repeats the prompt of line 1"),
+    ([{"prompt": f"p{i}", "answer": "a", "verifier": "exact"} for i in range(3)], "need 5 test"),
 ])
 def test_jsonl_errors_name_the_problem(tmp_path, rows, message):
     path = _write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(ValueError, match=message):
         tasks.load_task(path, n_train=10, n_test=5)
+
+
+def test_jsonl_file_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         tasks.load_task(str(tmp_path / "missing.jsonl"))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"prompt": "p", "answer": "a", "verifier": "exact"}\n{"prompt": "caf\xe9", "answer": "a", "verifier": "exact"}\n')
+    with pytest.raises(ValueError, match="latin1.jsonl:2: not UTF-8"):
+        tasks.load_task(str(latin1))
 
 
 def test_prompt_styles():

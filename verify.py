@@ -28,7 +28,8 @@ MAX_DIGITS = 6            # longest integer literal parsed (the given numbers ha
 
 def extract_boxed(text: str, rule: str = "last") -> str | None:
     """Content of the last `\\boxed{...}` (braces balanced), stripped; None if there is none, or it does
-    not close within MAX_ANSWER_CHARS (an over-long box is no answer). rule="last": the last box anywhere
+    not close within MAX_ANSWER_CHARS (an over-long box is no answer). "Last" is the last opening, so in
+    `\\boxed{\\boxed{5}+1}` it is the inner `5`. rule="last": the last box anywhere
     (what graders usually do). rule="last_line": the released code's rule, the last box on the last
     non-empty line only, so an answer boxed mid-text and followed by more text gets no credit.
     Cost: one rfind over the text plus a brace scan of at most MAX_ANSWER_CHARS characters."""
@@ -170,16 +171,34 @@ def _normalize_grid(s: str) -> str:
     return " ".join(s.split())    # ARC rows: "0 0 3 3" compared cell by cell, whitespace runs ignored
 
 
-def _correct(verifier: str, answer: str, ex) -> bool:
-    if verifier == "countdown":
-        return countdown_correct(answer, ex.info["numbers"], ex.info["target"])
-    if verifier == "name":       # Zebra: stripped, case-insensitive
-        return answer.strip().casefold() == ex.answer.strip().casefold()
-    if verifier == "grid":       # ARC-1D: exact cells
-        return _normalize_grid(answer) == _normalize_grid(ex.answer)
-    if verifier == "exact":      # bring-your-own tasks: stripped string equality
-        return answer.strip() == ex.answer.strip()
-    raise AssertionError(verifier)
+CHECKS = {   # verifier name -> is the extracted answer correct for the example
+    "countdown": lambda answer, ex: countdown_correct(answer, ex.info["numbers"], ex.info["target"]),
+    "name": lambda answer, ex: answer.strip().casefold() == ex.answer.strip().casefold(),   # Zebra
+    "grid": lambda answer, ex: _normalize_grid(answer) == _normalize_grid(ex.answer),      # ARC-1D: exact cells
+    "exact": lambda answer, ex: answer.strip() == ex.answer.strip(),                       # bring-your-own
+}
+VERIFIERS = (*CHECKS, "toy")
+
+
+def check_info(verifier: str, info) -> None:
+    """Raise ValueError naming what a bring-your-own example's `info` lacks for its verifier: countdown
+    needs {"numbers": [int, ...], "target": int}, toy needs {"alphabet": "<symbols>"}, the rest nothing.
+    Checked when a task is loaded, so a bad line fails there and not mid-training inside reward()."""
+    if verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
+    if not isinstance(info, dict):
+        raise ValueError(f"\"info\" must be a JSON object, got {type(info).__name__}")
+
+    def is_int(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    numbers = info.get("numbers")
+    if verifier == "countdown" and not (isinstance(numbers, list) and numbers and all(map(is_int, numbers))
+                                        and is_int(info.get("target"))):
+        raise ValueError('verifier "countdown" needs "info": {"numbers": [integers], "target": integer}, '
+                         f'got {info!r:.200}')
+    if verifier == "toy" and not (isinstance(info.get("alphabet"), str) and info["alphabet"]):
+        raise ValueError(f'verifier "toy" needs "info": {{"alphabet": "<its symbols>"}}, got {info!r:.200}')
 
 
 def _toy_reward(completion: str, ex) -> float:
@@ -189,9 +208,6 @@ def _toy_reward(completion: str, ex) -> float:
     if head == ex.answer:
         return 1.0
     return 0.1 if head and head in ex.info["alphabet"] else 0.0
-
-
-VERIFIERS = ("countdown", "name", "grid", "exact", "toy")
 
 
 def reward(completion: str, ex, box_rule: str = "last") -> float:
@@ -204,7 +220,7 @@ def reward(completion: str, ex, box_rule: str = "last") -> float:
     answer = extract_boxed(completion, box_rule)
     if not answer:
         return 0.0
-    return 1.0 if _correct(ex.verifier, answer, ex) else 0.1
+    return 1.0 if CHECKS[ex.verifier](answer, ex) else 0.1
 
 
 def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
