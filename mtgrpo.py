@@ -54,8 +54,9 @@ def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 
     """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps), over each prompt's group of N responses.
 
     rewards: (B, N) -> advantages (B, N). `unbiased=True` uses the sample std (divide by N-1), as the
-    released code and TRL do; the paper's Eq. 11 does not say. With N = 8 the two differ by sqrt(8/7),
-    a constant rescaling that the clipped objective is not invariant to, hence a config option.
+    released code and TRL do; the paper's Eq. 11 does not say. With N = 8 the two differ by sqrt(8/7).
+    The clipped surrogate scales with A, so this rescales the gradient; it still changes training through
+    grad-norm clipping, Adam's eps, and the size of I_k next to lam * J_k and the clip c, hence an option.
     Example: rewards [[1, 0]] -> [[0.7071, -0.7071]] (sample std = 0.7071).
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
@@ -215,8 +216,9 @@ def _check_distribution(z: np.ndarray | torch.Tensor, name: str = "z") -> None:
 def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, reward: torch.Tensor, lam: float) -> torch.Tensor:
     """Subroutine 1, lines 3-4: s_k = I_k + lam * J_k;  g_k = z_k (s_k - sum_j z_j s_j).
 
-    Descending on xi with g (line 5: xi <- xi - beta g) raises the weight of tasks whose reward *and*
-    improvement are below the z-weighted average. lam trades the two: large lam -> worst-task focus.
+    Descending on xi with g (line 5: xi <- xi - beta g) raises the weight of tasks whose combined score
+    s_k is below its z-weighted mean: low reward, little improvement, or both. lam trades the two: large
+    lam -> worst-task focus.
     Example: z = [.5, .5], I = [0, 0], J = [0, 1], lam = 1 -> g = [-.25, .25] (task 0 gains weight).
     """
     _check_distribution(z)
@@ -231,7 +233,8 @@ def reward_l2_gradient(z: torch.Tensor, reward: torch.Tensor, xi: torch.Tensor, 
     """Subroutine 2 (App. F, Eq. 43-44), the ablation: g_k = z_k (J_k - sum_j z_j J_j) + eta * xi_k.
 
     Reward-only reweighting collapses onto the current worst task (Fig. 2); the L2 term eta * xi pulls
-    the logits back toward uniform. Use with plain SGD: xi <- xi - beta (g + eta xi).
+    the logits back toward uniform. The paper's step is plain gradient descent, xi <- xi - beta (g + eta xi),
+    so the trainer requires --xi-optimizer sgd with it (Adam would rescale the eta * xi term).
     """
     _check_distribution(z)
     return z * (reward - (z * reward).sum()) + eta * xi
@@ -333,7 +336,8 @@ def rp_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray,
 def _trim_to_targets(accepted_by_task: list[list[Any]], n: np.ndarray, B: int,
                      rng: np.random.Generator) -> tuple[list[Any], list[int]]:
     """Algorithm 2, lines 27-33: at most B accepted -> keep all (a short batch); otherwise keep at most
-    n_k random survivors of task k, then fill up to exactly B at random from the rest."""
+    n_k random survivors of task k, then fill up to exactly B at random from the rest. The batch comes out
+    in random order: policy_update cuts it into contiguous minibatches, which must each mix the tasks."""
     pool = [(k, g) for k, groups in enumerate(accepted_by_task) for g in groups]
     if len(pool) <= B:
         keep = list(range(len(pool)))
@@ -346,7 +350,7 @@ def _trim_to_targets(accepted_by_task: list[list[Any]], n: np.ndarray, B: int,
             rest += idx[n[k]:].tolist()
             start += len(groups)
         keep += rng.choice(rest, size=B - len(keep), replace=False).tolist()
-    keep.sort()
+    keep = rng.permutation(keep).tolist()
     return [pool[i][1] for i in keep], [pool[i][0] for i in keep]
 
 
@@ -452,7 +456,7 @@ class Config:
     eps_low: float = 0.2           # clip range below 1 (Eq. 13)
     eps_high: float = -1.0         # clip-higher: -1 = method default (0.28 MT-GRPO/DAPO, 0.2 GRPO)
     kl_tau: float = 0.0            # k3 KL weight; paper 0, so no reference model
-    loss_agg: str = "token_mean"   # token_mean (DAPO, paper) | seq_mean (original GRPO)
+    loss_agg: str = "token_mean"   # token_mean (DAPO, used in the paper's runs) | seq_mean (Eq. 13, original GRPO)
     adv_std: str = "unbiased"      # unbiased (released code) | population
     filter: str = "strict"         # strict (Exp. 1) | lenient (Exp. 2); GRPO never filters
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower update
@@ -462,7 +466,7 @@ class Config:
     eta: float = 0.0               # L2 strength of reward_l2 (paper: 1e-5, 5e-4, 1e-2)
     xi_optimizer: str = "adamw"    # adamw (paper) | sgd (xi <- xi - beta g)
     xi_lr: float = 0.025           # paper: AdamW lr 0.025
-    xi_weight_decay: float = 1e-5  # paper: 1e-5 (Exp. 1), 1e-4 (Exp. 2)
+    xi_weight_decay: float = 1e-5  # AdamW on xi only; paper: 1e-5 (Exp. 1), 1e-4 (Exp. 2)
     improvement_clip: float = 0.1  # c: I_k clipped to [-c, c] (Exp. 1: 0.1; Exp. 2: 0.2)
     # RP sampler (Algorithm 2)
     os_factor: float = 3.0         # M_os (paper: 3)
@@ -483,11 +487,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Paper Exp. 1 (Qwen2.5-3B, 3 tasks), App. E.
     "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72,
                  minibatch_size=8, max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2,
-                 max_resample_rounds=10, xi_weight_decay=1e-5, improvement_clip=0.1),
+                 max_resample_rounds=10, xi_weight_decay=1e-5, improvement_clip=0.1, prompt_style="r1"),
     # Paper Exp. 2 (9 tasks: three families x easy/medium/hard).
     "exp2": dict(tasks=",".join(f"{t}_{d}" for t in ("countdown", "zebra", "arc1d") for d in ("easy", "medium", "hard")),
-                 batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024, max_response_len=4096,
-                 filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2),
+                 steps=720, batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024, max_response_len=4096,
+                 filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2,
+                 prompt_style="r1"),
 }
 
 
@@ -521,6 +526,9 @@ def validate(cfg: Config) -> None:
     need(cfg.max_resample_rounds >= 0, f"--max-resample-rounds (N_rs) must be >= 0, got {cfg.max_resample_rounds}")
     need(cfg.os_factor >= 1, f"--os-factor (M_os) must be >= 1, got {cfg.os_factor}")
     need(0 <= cfg.rho_decay < 1, f"--rho-decay must be in [0, 1), got {cfg.rho_decay}")
+    need(cfg.sec_temperature > 0, f"--sec-temperature must be > 0, got {cfg.sec_temperature}")
+    need(0 <= cfg.sec_decay < 1, f"--sec-decay must be in [0, 1), got {cfg.sec_decay}")
+    need(cfg.eta >= 0, f"--eta must be >= 0, got {cfg.eta}")
     need(cfg.eval_k >= 1, f"--eval-k must be >= 1, got {cfg.eval_k}")
     need(cfg.eval_prompts >= 1, f"--eval-prompts must be >= 1, got {cfg.eval_prompts}")
     need(1 <= cfg.n_train <= 10_000, f"--n-train must be in 1..10000, got {cfg.n_train}")
@@ -545,6 +553,9 @@ def validate(cfg: Config) -> None:
         need(name in TASK_NAMES or name.endswith(".jsonl"),
              f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
         need(not name.endswith(".jsonl") or os.path.isfile(name), f"--tasks: task file {name} does not exist")
+    need(cfg.weight_update != "reward_l2" or cfg.xi_optimizer == "sgd",
+         "--weight-update reward_l2 is Subroutine 2's plain step xi <- xi - beta (g + eta xi): pass --xi-optimizer sgd "
+         "(AdamW would rescale the eta * xi term and add its own weight decay)")
     need(cfg.kl_tau == 0, "--kl-tau > 0 needs a reference model, which this trainer does not keep "
                           "(the paper uses tau = 0); grpo_loss() supports it for other trainers")
 
@@ -1145,7 +1156,7 @@ def train(cfg: Config) -> dict[str, Any]:
         t_sampled = time.perf_counter()
         # 3) GRPO update(s) (line 4) and the improvement I_k (line 5, Eq. 8)
         upd, improvement, rows = policy_update(model, opt, batch.groups, cfg, eps_high, pad_id, K,
-                                               measure_improvement=md["adaptive"] == "iwu")
+                                               measure_improvement=md["adaptive"] == "iwu" and cfg.weight_update == "iwu")
         if md["adaptive"] == "sec" and rows is not None:
             sec_q = update_sec_values(sec_q, rows, cfg.sec_decay)
         t_updated = time.perf_counter()
@@ -1160,7 +1171,8 @@ def train(cfg: Config) -> dict[str, Any]:
         n_groups = len(batch.groups)
         shares = np.bincount(batch.tasks, minlength=K) / max(n_groups, 1)
         acc = stats.correct / np.maximum(stats.total, 1)
-        rec = {"kind": "train", "step": step, "z": z.tolist(), "z_next": torch.softmax(xi.detach(), 0).tolist(),
+        z_next = task_weights(md["adaptive"], xi, sec_q, cfg.sec_temperature)
+        rec = {"kind": "train", "step": step, "z": z.tolist(), "z_next": z_next.tolist(),
                "batch_shares": shares.tolist(), "batch_groups": n_groups, "targets": batch.targets,
                "rho": rho.tolist(), "J": J.tolist(), "I": improvement.tolist(), "train_acc": acc.tolist(),
                "rounds": batch.rounds, "generated": batch.generated, "accepted": batch.accepted,
@@ -1168,7 +1180,7 @@ def train(cfg: Config) -> dict[str, Any]:
                "response_len": stats.tokens / max(stats.total.sum(), 1),
                "gen_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
                "seconds": t_end - t0, "seconds_gen": stats.seconds,
-               "seconds_iwu": (t_sampled - t0 - stats.seconds) + upd.get("seconds_improvement", 0.0) + (t_end - t_updated)}
+               "seconds_bookkeeping": (t_sampled - t0 - stats.seconds) + upd.get("seconds_improvement", 0.0) + (t_end - t_updated)}
         if md["adaptive"] == "sec":
             rec["sec_q"] = sec_q.tolist()
         log(rec)
@@ -1207,6 +1219,14 @@ def _last_eval(path: str) -> dict[str, float]:
 # CLI: every Config field is a flag; --preset fills several at once; explicit flags win
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description="Multi-Task GRPO (arXiv 2602.05547): Algorithm 1 on one device.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -1216,13 +1236,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for f in fields(Config):
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=argparse.SUPPRESS,
+            p.add_argument(flag, type=_parse_bool, default=argparse.SUPPRESS,
                            metavar="{true,false}", help=f"(default {default})")
         else:
             p.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=f"(default {default!r})")
     args = vars(p.parse_args(argv))
     preset = args.pop("preset")
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
+        if preset:
+            raise ValueError("--preset cannot be combined with --resume: a resumed run keeps its saved config "
+                             "(override single settings with their flags)")
         base = load_trainer_state(args["resume"])["config"]
     else:
         base = asdict(defaults)

@@ -431,6 +431,22 @@ def test_rp_sampler_exactly_b_when_enough_survive():
         assert b.rounds <= 11 and sum(b.targets) == B
 
 
+@pytest.mark.parametrize("sampler", [M.rp_sample, M.dynamic_sample])
+def test_sampled_batch_order_mixes_tasks(sampler):
+    """policy_update trains contiguous minibatches, so the batch must come out in random order: task k's
+    share of the first minibatch (4 of B = 16) then has the same mean as its share of the whole batch.
+    Per draw the two differ by a hypergeometric deviation of std <= 0.5 / sqrt(4); we allow 4 std of the
+    mean over S = 300 draws (0.058). A batch sorted by task would put task 0's share near 1 up front."""
+    rng, z, B, S = np.random.default_rng(5), np.array([0.2, 0.3, 0.5]), 16, 300
+    head, whole = [], []
+    for _ in range(S):
+        b = sampler(z, B, _fake_round(rng, RATES), np.zeros(3), rng)
+        head.append(np.bincount(b.tasks[:4], minlength=3) / 4)
+        whole.append(np.bincount(b.tasks, minlength=3) / len(b.tasks))
+    gap = np.abs(np.mean(head, 0) - np.mean(whole, 0))
+    assert np.all(gap < 4 * 0.5 / np.sqrt(4 * S)), gap
+
+
 def test_acceptance_aware_inflation_lowers_rounds():
     """Fig. 16. With z uniform and rates (0.05, 0.1, 0.75), M_os = 3: without inflation the first round
     accepts 3 * 0.25 = 0.75 of task 2's target, so a second round is (almost) always needed; with
@@ -544,6 +560,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     M.train(full)
     resumed = M.parse_args(["--resume", str(tmp_path / "full" / "checkpoint-3"), "--out-dir", str(tmp_path / "resumed")])
     assert resumed.steps == 6 and resumed.lr == full.lr  # the checkpoint's config came back
+    with pytest.raises(ValueError, match="--preset cannot be combined with --resume"):
+        M.parse_args(["--resume", str(tmp_path / "full" / "checkpoint-3"), "--preset", "exp1"])
     M.train(resumed)
     strip = lambda log: [{k: v for k, v in r.items() if not k.startswith(("seconds", "gen_tokens_per_s")) and k not in ("out_dir", "resume")}
                          for r in log]  # noqa: E731
@@ -602,6 +620,9 @@ def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
     (["--acc-cap", "0.5"], "--acc-cap"),
     (["--max-resample-rounds", "-1"], "--max-resample-rounds"),
     (["--eval-k", "0"], "--eval-k"),
+    (["--sec-temperature", "0"], "--sec-temperature"),
+    (["--sec-decay", "1"], "--sec-decay"),
+    (["--weight-update", "reward_l2"], "pass --xi-optimizer sgd"),
     (["--out-dir", "/proc/mtgrpo-not-writable"], "--out-dir"),
     (["--resume", "/tmp"], "is not a checkpoint"),
 ])
@@ -610,6 +631,36 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert M.main(argv + ["--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_flags_presets_and_booleans(capsys):
+    cfg = M.parse_args(["--model", "Qwen2.5-3B", "--preset", "exp1", "--num-rollouts", "16"])
+    assert (cfg.batch_size, cfg.num_rollouts, cfg.steps, cfg.prompt_style) == (32, 16, 720, "r1")  # explicit flags win
+    exp2 = M.parse_args(["--model", "Qwen2.5-3B", "--preset", "exp2"])
+    assert (exp2.batch_size, exp2.steps, exp2.filter, exp2.prompt_style) == (256, 720, "lenient", "r1")
+    assert M.parse_args(["--inflate", "false"]).inflate is False and M.parse_args(["--inflate", "YES"]).inflate is True
+    with pytest.raises(SystemExit):   # a typo is an error, not a silent False
+        M.parse_args(["--inflate", "ture"])
+    assert "expected true or false, got 'ture'" in capsys.readouterr().err
+
+
+def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
+    """Subroutine 2 in the loop: xi <- xi - beta (g + eta xi), g_k = z_k (J_k - z.J), and no I_k pass.
+    sum(xi) starts at 0 and the step keeps it there, so xi = log z - mean(log z); the logged z and
+    z_next must then satisfy log z_next - log z = -beta (g + eta xi) up to a constant."""
+    beta, eta = 2.0, 0.05
+    cfg = _cfg(tmp_path, weight_update="reward_l2", xi_optimizer="sgd", xi_lr=beta, eta=eta, steps=4)
+    M.train(cfg)
+    train = [r for r in _log(cfg) if r.get("kind") == "train"]
+    for r, nxt in zip(train, train[1:]):
+        assert r["z_next"] == pytest.approx(nxt["z"])
+    for r in train:
+        assert r["I"] == [0.0, 0.0, 0.0]
+        z, J = np.array(r["z"]), np.array(r["J"])
+        xi = np.log(z) - np.log(z).mean()
+        shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (J - z @ J) + eta * xi)
+        assert np.ptp(shift) < 1e-5, shift
+    assert max(abs(a - b) for r in train for a, b in zip(r["z"], r["z_next"])) > 1e-3   # z did move
 
 
 def test_unreachable_hub_names_the_alternatives(tmp_path):
