@@ -4,6 +4,7 @@ then the trainer end to end on the tiny model. All on CPU. Run: python -m pytest
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -661,6 +662,20 @@ def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
         shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (J - z @ J) + eta * xi)
         assert np.ptp(shift) < 1e-5, shift
     assert max(abs(a - b) for r in train for a, b in zip(r["z"], r["z_next"])) > 1e-3   # z did move
+
+
+def test_gpu_benchmark_runs_the_trainers_step_on_cpu():
+    """bench/gpu.py cannot run in CI on its GPU shape; its --smoke shape keeps it in step with the trainer:
+    B = 4 groups trained, every generated prompt has N = 4 rows of 32 tokens, figures in range."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--steps", "1"], cwd=here, capture_output=True,
+                       text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    step = re.search(r"generated (\d+) responses, (\d+) tokens \| trained (\d+) groups", p.stdout)
+    responses, tokens, groups = map(int, step.groups())
+    assert groups == 4 and responses % 4 == 0 and responses >= 16 and tokens == 32 * responses
+    figures = dict(line.split()[:2] for line in p.stdout.splitlines()[-5:])
+    assert 0 < float(figures["bookkeeping_share"]) < 1 and float(figures["update_tokens_per_s"]) > 0
 
 
 def test_unreachable_hub_names_the_alternatives(tmp_path):

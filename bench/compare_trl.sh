@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Workload W1 side by side: TRL's GRPOTrainer (../shared/bench/trl_peer.py, in its own venv) and our
-# trainer (bench/w1.py), run alternately RUNS times each (default 3), back to back so both see the same
-# machine. Prints each run's six figures, then ours/TRL for the step time (median over runs of each
-# run's median) and for peak RSS, against the targets: step <= 0.8x TRL, peak RSS <= 0.6x TRL.
+# trainer (bench/w1.py), run alternately RUNS times each (default 3; which side goes first alternates
+# too), back to back so both see the same machine. Prints each run's six figures, then ours/TRL for the
+# step time (median over runs of each run's median) and for peak RSS, against the targets: step <= 0.8x
+# TRL, peak RSS <= 0.6x TRL.
 #
 #   bash bench/compare_trl.sh                 # from the repo root; RUNS=5 bash bench/compare_trl.sh
 #   OURS_ARGS="--micro-batch-size 64" bash bench/compare_trl.sh   # time a variant of ours
@@ -27,9 +28,22 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl" 2>/dev/nu
   "$VENV/bin/pip" install trl torch==2.13.0
 fi
 OUT=$(mktemp -d /tmp/compare_trl.XXXX)
+run() {  # run IMPL I: one benchmark run, its figures to $OUT/IMPL.I; a failure names its log and stops
+  local impl=$1 i=$2 rc=0
+  if [ "$impl" = trl ]; then
+    "$VENV/bin/python" ../shared/bench/trl_peer.py "${ARGS[@]}" > "$OUT/trl.$i" 2> "$OUT/trl.$i.err" || rc=$?
+  else
+    "$VENV_OURS/bin/python" bench/w1.py $OURS_ARGS "${ARGS[@]}" > "$OUT/ours.$i" 2> "$OUT/ours.$i.err" || rc=$?
+  fi
+  if [ "$rc" -ne 0 ]; then
+    echo "error: $impl run $i failed (exit $rc); its stderr, $OUT/$impl.$i.err, ends:" >&2
+    tail -n 5 "$OUT/$impl.$i.err" >&2
+    exit 1
+  fi
+}
+ARGS=("$@")
 for i in $(seq 1 "$RUNS"); do
-  "$VENV/bin/python" ../shared/bench/trl_peer.py "$@" > "$OUT/trl.$i" 2> "$OUT/trl.$i.err"
-  "$VENV_OURS/bin/python" bench/w1.py $OURS_ARGS "$@" > "$OUT/ours.$i" 2> "$OUT/ours.$i.err"
+  if [ $((i % 2)) -eq 1 ]; then run trl "$i"; run ours "$i"; else run ours "$i"; run trl "$i"; fi  # alternate who goes first
   for impl in trl ours; do
     echo "== $impl run $i: $(grep '^other_processes_cpu' "$OUT/$impl.$i")"
     tail -n 6 "$OUT/$impl.$i" | paste -sd' '

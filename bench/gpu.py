@@ -3,8 +3,11 @@
 Shape: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied embeddings; fp32 master
 weights with bf16 autocast, as the trainer runs. The step is the trainer's own functions in Algorithm 1
 order: RP sampler (generate + score + filter) -> old log-probs -> minibatch updates -> I_k pass -> IWU.
-B * N = 256 responses (B = 32 prompts x N = 8) of exactly --response-len tokens (EOS suppressed: a random
-model never stops), 128-token random prompts, random rewards so that about half the groups survive.
+B * N = 256 trained responses (B = 32 prompts x N = 8) of exactly --response-len tokens (EOS suppressed:
+a random model never stops), 128-token random prompts, coin-flip rewards. Almost every group survives
+the filter (all-equal has probability 2 / 2^N), but with M_os = 1 a round's draws and the targets
+n ~ Mult(B, z) are independent, so some task usually falls short and the step takes 2-3 rounds, as the
+paper's MT-GRPO takes 2-2.25: generation covers more than 256 responses, and the printout says how many.
 
 Prints: generation tokens/s, update tokens/s and MFU (6 x params x response tokens + attention FLOPs
 over the measured update time, against --peak-tflops, H100 SXM dense bf16 = 989; the prompts, run once
@@ -65,9 +68,12 @@ def main() -> None:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--steps", type=int, default=2, help="the first step is warm-up; the last is reported")
+    if "--smoke" in sys.argv:  # smaller defaults; explicit flags still win
+        p.set_defaults(prompts=4, rollouts=4, prompt_len=16, response_len=32, gen_batch_size=16, micro_batch_size=8,
+                       minibatch_size=2)
     a = p.parse_args()
-    if a.smoke:
-        a.prompts, a.rollouts, a.prompt_len, a.response_len, a.gen_batch_size, a.micro_batch_size, a.minibatch_size = 4, 4, 16, 32, 16, 8, 2
+    if a.steps < 1:
+        p.error("--steps must be >= 1")
     shape = SMOKE if a.smoke else QWEN25_05B
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(shape, device)
@@ -94,7 +100,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t0 = time.perf_counter()
-        gen = {"tokens": 0, "seconds": 0.0}
+        gen = {"tokens": 0, "responses": 0, "seconds": 0.0}
 
         def sample_round(counts):
             sync()
@@ -104,56 +110,42 @@ def main() -> None:
             sync()
             gen["seconds"] += time.perf_counter() - t
             gen["tokens"] += sum(int(m.sum()) for _, m in outs)
+            gen["responses"] += N * len(outs)
             labels = np.repeat(np.arange(K), counts)
             groups = [[] for _ in range(K)]
             for k, p_ids, (resp, mask) in zip(labels, prompts, outs):
-                r = torch.from_numpy((rng.random(N) < 0.5).astype(np.float32))  # ~half the groups survive strict
+                r = torch.from_numpy((rng.random(N) < 0.5).astype(np.float32))  # coin flips: nearly all groups survive
                 if M.zero_gradient_keep(r[None])[0]:
                     groups[k].append(M.Group(int(k), p_ids, resp, mask, r))
             return groups
 
-        z = torch.softmax(xi.detach(), 0).numpy()
-        batch = M.rp_sample(z / z.sum(), B, sample_round, rho, rng, os_factor=a.os_factor)
+        z = M.task_weights("iwu", xi, np.zeros(K), cfg.sec_temperature)
+        batch = M.rp_sample(z, B, sample_round, rho, rng, os_factor=a.os_factor)
         rho = batch.rho
         sync()
-        t1 = time.perf_counter()
-        rows = M.flatten_groups(batch.groups, True, 0)
-        n = len(batch.groups)
-        mbs = [list(range(g * N, min(g + cfg.minibatch_size, n) * N)) for g in range(0, n, cfg.minibatch_size)]
-        later = [i for mb in mbs[1:] for i in mb]
-        old = torch.zeros_like(rows.mask)
-        if later:
-            old[later] = M.batch_logprobs(model, rows, later, cfg, 0)
-        sync()
-        t2 = time.perf_counter()
-        for j, mb in enumerate(mbs):
-            _, used = M.grpo_update(model, opt, rows, mb, None if j == 0 else old[mb], cfg, 0.28, 0)
-            old[mb] = used
-        sync()
-        t3 = time.perf_counter()
-        new = M.batch_logprobs(model, rows, list(range(len(rows.prompts))), cfg, 0)
-        j_after = M.task_objectives(M.clipped_surrogate(new, old, rows.adv, 0.2, 0.28), rows.mask, rows.task, K)
-        j_before = M.task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)
-        I = M.task_improvement(j_before, j_after, 0.1)
-        sync()
-        t4 = time.perf_counter()
-        zt = torch.softmax(xi.detach(), 0)
-        xi.grad = M.iwu_gradient(zt, I, torch.rand(K), 0.2)
-        xi_opt.step()
-        t5 = time.perf_counter()
+        t_sampled = time.perf_counter()
+        # the trainer's own update: old log-probs -> minibatch updates -> I_k pass (its timings end in
+        # host copies, which wait for the GPU)
+        upd, improvement, rows = M.policy_update(model, opt, batch.groups, cfg, 0.28, 0, K, measure_improvement=True)
+        t_updated = time.perf_counter()
+        M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), cfg)   # random J: IWU's cost, not its values
+        t_end = time.perf_counter()
+        t_old, t_upd, t_imp = upd["seconds_old_logp"], upd["seconds_update"], upd["seconds_improvement"]
 
-        total = t5 - t0
+        total = t_end - t0
         trained = float(rows.mask.sum())
         ctx = a.prompt_len + a.response_len / 2  # mean attention context of a response token
-        mfu = update_flops(shape, n_params, trained, ctx) / (t3 - t2) / (a.peak_tflops * 1e12)
-        bookkeeping = (t4 - t3) + (t5 - t4) + (t1 - t0 - gen["seconds"])
+        mfu = update_flops(shape, n_params, trained, ctx) / t_upd / (a.peak_tflops * 1e12)
+        sampler_iwu = ((t_sampled - t0 - gen["seconds"]) + (t_updated - t_sampled - t_old - t_upd - t_imp)
+                       + (t_end - t_updated))
+        bookkeeping = t_imp + sampler_iwu
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         print(f"step {step}{' (warm-up)' if step == 1 and a.steps > 1 else ''}: {total:.1f}s | rounds {batch.rounds} | "
-              f"groups {n} | generated {gen['tokens']} tokens")
-        print(f"  split: generation {gen['seconds']:.2f}s ({gen['seconds'] / total:.0%}) | old log-probs {t2 - t1:.2f}s "
-              f"| update {t3 - t2:.2f}s ({len(mbs)} minibatches) | I_k pass {t4 - t3:.2f}s | sampler+IWU {t1 - t0 - gen['seconds'] + t5 - t4:.3f}s")
+              f"generated {gen['responses']} responses, {gen['tokens']} tokens | trained {len(batch.groups)} groups")
+        print(f"  split: generation {gen['seconds']:.2f}s ({gen['seconds'] / total:.0%}) | old log-probs {t_old:.2f}s "
+              f"| update {t_upd:.2f}s ({upd['updates']} minibatches) | I_k pass {t_imp:.2f}s | sampler+IWU {sampler_iwu:.3f}s")
     print(f"generation_tokens_per_s {gen['tokens'] / gen['seconds']:.0f}")
-    print(f"update_tokens_per_s {trained / (t3 - t2):.0f}")
+    print(f"update_tokens_per_s {trained / t_upd:.0f}")
     print(f"update_mfu {mfu:.3f}")
     print(f"bookkeeping_share {bookkeeping / total:.3f}  (I_k pass + sampler + IWU, of the step)")
     print(f"peak_gpu_memory_gb {peak:.1f}")

@@ -31,21 +31,24 @@ from tasks import load_task, make_prompt  # noqa: E402
 N, PROMPTS, MICRO = 8, 8, 8
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_alternately(first, second, repeats: int) -> tuple[float, float]:
+    """Median seconds of each of two functions, run in turn (ABAB...) after one warm-up each, so drift of
+    a shared host hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in ((first, times[0]), (second, times[1])):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="countdown_medium,zebra_medium,arc1d_medium")
     ap.add_argument("--response-len", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per way (median); one warm-up first")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per way, alternating (median); one warm-up each")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -86,7 +89,7 @@ def main() -> None:
 
         for phase, shared, row_by_row in (("generation", gen_shared, gen_rows),
                                           ("update", lambda: update(True), lambda: update(False))):
-            s, r = timed(shared, a.repeats), timed(row_by_row, a.repeats)
+            s, r = timed_alternately(shared, row_by_row, a.repeats)
             print(f"{task:18s} prompt ~{P:5d} tokens | {phase:10s} | shared {s:6.3f}s | row by row {r:6.3f}s "
                   f"| ratio {s / r:.2f}", flush=True)
 

@@ -19,9 +19,11 @@ Choices (not tuned on the outcome):
   - claim (a) is judged on the per-step mean |share - z| over tasks; with B = 16 part of it is the
     multinomial noise of the targets n ~ Mult(B, z) themselves, so the gap between the time-averaged
     share and the time-averaged z (over steps, per task) is printed beside it.
+  - claims (c)-(e) compare means over seeds: a gap no larger than the largest std over seeds of the
+    means compared is reported INCONCLUSIVE rather than HELD / NOT HELD.
 
 Run (from the repo root; needs matplotlib for the PNGs, pip install matplotlib):
-    python bench/toy_compare.py                    # 21 runs; budget ~15 min on 2 idle cores
+    python bench/toy_compare.py                    # 21 runs; ~3.5 min on 2 idle cores
     python bench/toy_compare.py --quick            # smoke test, 1 seed, a few steps (~1-2 min)
     python bench/toy_compare.py --reuse            # redo table and figures from finished runs
 Writes to --out (default runs/toy_compare): one directory per run (log.jsonl, stdout.txt), table.txt,
@@ -153,8 +155,15 @@ def table(labels: dict[str, str], summary: dict[str, dict], threshold: float, n_
                       "-+-".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
-def verdict(ok: bool) -> str:
-    return "HELD" if ok else "NOT HELD"
+def verdict(claim: dict) -> str:
+    """HELD / NOT HELD; a comparison of means whose gap is inside the seeds' spread is INCONCLUSIVE."""
+    if claim.get("gap") is not None and abs(claim["gap"]) <= claim["spread"]:
+        return "INCONCLUSIVE (gap within one std over seeds)"
+    return "HELD" if claim["held"] else "NOT HELD"
+
+
+def _spread(*stats: tuple[float, float]) -> float:
+    return max(sd for _, sd in stats)
 
 
 def claims(s: dict[str, dict], per_seed: dict[str, list[dict]], tasks: list[str]) -> list[dict]:
@@ -180,15 +189,19 @@ def claims(s: dict[str, dict], per_seed: dict[str, list[dict]], tasks: list[str]
         wins = {b: sum(a["worst"] >= c["worst"] for a, c in zip(per_seed[n], per_seed[b])) for b in ("dapo", "grpo")}
         out.append(dict(claim=f"(c) MT-GRPO lambda {n.split('lam')[1]} worst-task accuracy >= DAPO's and GRPO's",
                         held=w >= s["dapo"]["worst"][0] and w >= s["grpo"]["worst"][0],
+                        gap=w - max(s["dapo"]["worst"][0], s["grpo"]["worst"][0]),
+                        spread=_spread(s[n]["worst"], s["dapo"]["worst"], s["grpo"]["worst"]),
                         numbers=f"{fmt(s[n]['worst'])} vs DAPO {fmt(s['dapo']['worst'])}, GRPO {fmt(s['grpo']['worst'])};"
                                 f" per seed >= DAPO in {wins['dapo']}/{len(per_seed[n])}, >= GRPO in {wins['grpo']}/{len(per_seed[n])}"))
     out.append(dict(claim=f"(d) larger lambda ({LAM_HI} vs {LAM_LO}) trades average for worst-task accuracy",
                     held=s[hi]["worst"][0] > s[lo]["worst"][0] and s[hi]["avg"][0] <= s[lo]["avg"][0],
+                    gap=s[hi]["worst"][0] - s[lo]["worst"][0], spread=_spread(s[hi]["worst"], s[lo]["worst"]),
                     numbers=f"worst {fmt(s[hi]['worst'])} vs {fmt(s[lo]['worst'])}; avg {fmt(s[hi]['avg'])} vs {fmt(s[lo]['avg'])}"))
     na = f"{lo}_noaas"
     if na in s:
         out.append(dict(claim="(e, Fig. 16) acceptance-aware inflation lowers generation rounds per step",
                         held=s[lo]["rounds"][0] < s[na]["rounds"][0],
+                        gap=s[na]["rounds"][0] - s[lo]["rounds"][0], spread=_spread(s[lo]["rounds"], s[na]["rounds"]),
                         numbers=f"rounds/step {fmt(s[lo]['rounds'], 2)} with vs {fmt(s[na]['rounds'], 2)} without;"
                                 f" prompts generated/step {s[lo]['prompts_generated'][0]:.0f} vs {s[na]['prompts_generated'][0]:.0f}"))
     return out
@@ -251,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {n: summarize(per_seed[n]) for n in VARIANTS}
     checked = claims(summary, per_seed, tasks)
     text = "\n".join([table(labels, summary, args.threshold, len(seeds)), "", "claims:"]
-                     + [f"  {verdict(c['held'])}: {c['claim']}\n      {c['numbers']}" for c in checked]
+                     + [f"  {verdict(c)}: {c['claim']}\n      {c['numbers']}" for c in checked]
                      + ["", f"total wall time {time.perf_counter() - t0:.0f} s ({len(todo)} runs, {args.threads} threads;"
                             f" load average at end {os.getloadavg()[0]:.1f})"])
     print(text)

@@ -5,23 +5,24 @@ W1: the tiny Qwen2 (505,088 params, fp32, char-level tokenizer without '\\n') fr
 `mtgrpo.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
 "Solve: a+b=" (step i uses prompts 8i..8i+7) x 8 completions of exactly 64 tokens (<pad> and EOS
 suppressed), temperature 1.0, top_p 1.0; reward = fraction of 'a' characters; group advantages; one
-optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0), AdamW lr 1e-6 (fused if this
-torch has it, as TRL's adamw_torch_fused), grad clip 1.0.
+optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0), AdamW lr 1e-6 with betas
+(0.9, 0.999) (TRL's adamw_torch_fused; fused if this torch has it), grad clip 1.0. The prompts, reward,
+seeds and host-noise probes are imported from trl_peer.py, so both sides use the same definitions.
 
 A step is timed from prompt tokenisation to the end of optimizer.step: tokenise, `mtgrpo.generate`,
 decode + reward, `mtgrpo.flatten_groups` (advantages), `mtgrpo.grpo_update` (zero_grad, forward + loss,
 backward, clip, step). Step 1 is warm-up and left out of the median and min. Differences from TRL's
-step: no LR scheduler (TRL: linear decay, a few microseconds) and eps_high = eps_low = 0.2 as TRL.
+step: no LR scheduler (TRL: linear decay, a few microseconds); advantages divide by std + 1e-6 (the
+paper's Eq. 11; TRL adds 1e-4); eps_high = eps_low = 0.2 as TRL.
 
     python3 bench/w1.py                  # --steps 6 --threads 2 are the defaults
 
 The last six lines are the figures, `name value`, in trl_peer.py's order (`impl` in place of
-`trl_version`). Trust them only when `other_processes_cpu during` is about 0.
+`trl_version`). Trust them only when `other_processes_cpu during_train` is about 0.
 """
 
 import argparse
 import os
-import random
 import resource
 import statistics
 import sys
@@ -32,48 +33,14 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 
-PROMPTS, ROLLOUTS, TOKENS = 8, 8, 64  # per step: 8 prompts x 8 completions x 64 new tokens
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench")
+try:  # W1's prompts, reward and the host-noise probes come from the peer script itself: one definition
+    sys.path.insert(0, PEER)
+    from trl_peer import W1, cpu_calibration_gflops, other_processes_cpu, read_busy_ticks, reward_frac_a, w1_prompts
+except ImportError:
+    sys.exit(f"error: bench/w1.py needs the peer benchmark's trl_peer.py in {os.path.normpath(PEER)}")
 
-
-def w1_prompts(n: int, seed: int = 1234) -> list[str]:
-    """The first n distinct W1 prompts, e.g. 'Solve: 999+57=' (12-14 characters)."""
-    rng, out = random.Random(seed), []
-    while len(out) < n:
-        p = f"Solve: {rng.randint(10, 999)}+{rng.randint(1, 99)}="
-        if p not in out:
-            out.append(p)
-    return out
-
-
-def busy_cpu_seconds() -> float:
-    """CPU-seconds this machine spent busy since boot, all cores (user+nice+system+irq+softirq+steal)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class OtherCPU:
-    """Share of all cores used by other processes between start() and share()."""
-
-    def start(self) -> "OtherCPU":
-        self.t, self.busy, self.own = time.perf_counter(), busy_cpu_seconds(), sum(os.times()[:2])
-        return self
-
-    def share(self) -> float:
-        others = (busy_cpu_seconds() - self.busy) - (sum(os.times()[:2]) - self.own)
-        return max(others, 0.0) / ((time.perf_counter() - self.t) * os.cpu_count())
-
-
-def matmul_gflops(n: int = 256, reps: int = 40) -> float:
-    """Best-of-5 GFLOP/s of an n x n fp32 matmul: a slowed (shared) host shows up here."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(6):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * reps / best / 1e9
+PROMPTS, ROLLOUTS, TOKENS = W1["prompts_per_step"], W1["num_generations"], W1["completion_tokens"]  # 8 x 8 x 64
 
 
 def main() -> None:
@@ -96,19 +63,22 @@ def main() -> None:
     cfg = M.Config(batch_size=PROMPTS, num_rollouts=ROLLOUTS, max_response_len=TOKENS, temperature=1.0, top_p=1.0,
                    gen_batch_size=PROMPTS * ROLLOUTS, minibatch_size=PROMPTS, micro_batch_size=a.micro_batch_size,
                    lr=1e-6, grad_clip=1.0, eps_low=0.2, eps_high=0.2, loss_agg="token_mean")
-    try:  # TRL's adamw_torch_fused; plain AdamW where this torch has no fused CPU kernel
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=0.0)
+    adamw = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)   # TRL's adamw_torch_fused defaults
+    try:
+        opt = torch.optim.AdamW(model.parameters(), **adamw, fused=True)
+    except (RuntimeError, TypeError):  # no fused kernel in this torch
+        opt = torch.optim.AdamW(model.parameters(), **adamw)
     prompts = w1_prompts(PROMPTS * a.steps)
-    torch.manual_seed(42)
+    torch.manual_seed(W1["train_seed"])
     print(f"setup | params {sum(p.numel() for p in model.parameters()):,} | threads {torch.get_num_threads()} "
           f"| fused AdamW {opt.defaults.get('fused')} "
           f"| micro-batch {cfg.micro_batch_size} rows | grad checkpointing {a.grad_checkpointing} | {PROMPTS} prompts x {ROLLOUTS} x {TOKENS} tokens/step", flush=True)
 
-    share_before = (OtherCPU().start(), time.sleep(1.0))[0].share()
-    gflops_before = matmul_gflops()
-    others = OtherCPU().start()
+    t, busy, own = time.perf_counter(), read_busy_ticks(), sum(os.times()[:2])
+    time.sleep(1.0)
+    share_before = other_processes_cpu(time.perf_counter() - t, busy, own)[1]
+    gflops_before = cpu_calibration_gflops()
+    t_run, busy, own = time.perf_counter(), read_busy_ticks(), sum(os.times()[:2])
     times, splits = [], []
     for step in range(a.steps):
         t0 = time.perf_counter()
@@ -119,7 +89,7 @@ def main() -> None:
         groups = []
         for p, (resp, mask) in zip(ids, outs):
             texts = tok.batch_decode(resp, skip_special_tokens=True)
-            rewards = torch.tensor([t.count("a") / max(len(t), 1) for t in texts])
+            rewards = torch.tensor(reward_frac_a(texts))
             groups.append(M.Group(0, p, resp, mask, rewards))
         rows = M.flatten_groups(groups, unbiased=True, pad_id=pad_id)  # Eq. 11 advantages, (64,)
         t2 = time.perf_counter()
@@ -131,9 +101,9 @@ def main() -> None:
         print(f"step {step + 1} | {t3 - t0:.3f}s | generate {t1 - t0:.3f} | score {t2 - t1:.3f} | update {t3 - t2:.3f} "
               f"| reward {torch.cat([g.rewards for g in groups]).mean():.4f} "
               f"| grad_norm {st['grad_norm']:.4f}" + (" (warm-up)" if step == 0 else ""), flush=True)
-    share_during = others.share()
+    share_during = other_processes_cpu(time.perf_counter() - t_run, busy, own)[1]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    gflops_after = matmul_gflops()
+    gflops_after = cpu_calibration_gflops()
 
     measured = times[1:]
     med = statistics.median(measured)
@@ -141,7 +111,7 @@ def main() -> None:
     print(f"split_median generate={g:.3f}s ({100 * g / med:.0f}%) score={s:.3f}s update={u:.3f}s")
     print(f"cpu_calibration_gflops before={gflops_before:.1f} after={gflops_after:.1f} "
           f"(fp32 256x256 matmul, {torch.get_num_threads()} threads)")
-    print(f"other_processes_cpu share_before={share_before:.2f} during={share_during:.2f} "
+    print(f"other_processes_cpu share_before={share_before:.2f} during_train={share_during:.2f} "
           f"(share of all cores; above ~0.05 the figures are not clean)")
     print("impl mtgrpo")
     print(f"transformers_version {transformers.__version__}")
