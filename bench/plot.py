@@ -251,9 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         labels = [r.label for r in runs]
         groups = {(f"{l} s{r.config['seed']} ({n})" if labels.count(l) > 1 else l): [r]
                   for l, r, n in zip(labels, runs, names)}
-        if all(r.evals for r in runs):
+        if not all(r.evals for r in runs):
+            print("note: compare.png and tasks.png need an evaluation in every run; skipped", file=sys.stderr)
+        else:
             written.append(plot_compare(groups, os.path.join(args.out, "compare.png")))
-            written.append(plot_tasks(groups, os.path.join(args.out, "tasks.png")))
+            if len({tuple(r.tasks) for r in runs}) == 1:
+                written.append(plot_tasks(groups, os.path.join(args.out, "tasks.png")))
+            else:
+                print("note: tasks.png needs the same tasks in every run; skipped", file=sys.stderr)
     for path in written:
         print(path)
     return 0
