@@ -12,7 +12,7 @@ paper's MT-GRPO takes 2-2.25: generation covers more than 256 responses, and the
 Prints: generation tokens/s, update tokens/s and MFU (6 x params x response tokens + attention FLOPs
 over the measured update time, against --peak-tflops, H100 SXM dense bf16 = 989; the prompts, run once
 per group and shared by its rows, are not counted, so MFU is a lower bound), peak GPU memory, and the
-step split (generation / old log-probs / update / I_k pass / sampler + IWU bookkeeping).
+step split (generation / old log-probs / update / I_k pass / sampler + batch assembly + IWU bookkeeping).
 
     python bench/gpu.py                  # on a GPU machine (targets: >= 20k gen tok/s, >= 35% MFU, <= 40 GB)
     python bench/gpu.py --smoke          # a scaled-down shape that runs on CPU in seconds (checks the script)
@@ -136,6 +136,7 @@ def main() -> None:
         trained = float(rows.mask.sum())
         ctx = a.prompt_len + a.response_len / 2  # mean attention context of a response token
         mfu = update_flops(shape, n_params, trained, ctx) / t_upd / (a.peak_tflops * 1e12)
+        # sampler (outside generation) + batch assembly (advantages, padding) + IWU
         sampler_iwu = ((t_sampled - t0 - gen["seconds"]) + (t_updated - t_sampled - t_old - t_upd - t_imp)
                        + (t_end - t_updated))
         bookkeeping = t_imp + sampler_iwu
