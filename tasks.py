@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
@@ -584,3 +585,60 @@ def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("prompt style 'chat' needs a tokenizer with a chat template; use --prompt-style r1 for base models")
     return tokenizer.apply_chat_template([{"role": "user", "content": ex.question}], tokenize=False, add_generation_prompt=True)
+
+
+# -----------------------------------------------------------------------------
+# The trainer's view: the tiny model the toy tasks are for, and tokenized splits
+
+
+def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
+    """Write a tiny random Qwen2 (hidden 128, 2 layers, 0.5M params) and a character-level tokenizer to
+    `path`. Vocab: <pad>=0, <|endoftext|>=1 (EOS), printable ASCII 32..126, and '\\n' if `newline`."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    chars = [chr(c) for c in range(32, 127)] + (["\n"] if newline else [])
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<|endoftext|>"] + chars)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # one token per character
+    tk.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<|endoftext|>",
+                                        unk_token="<pad>", padding_side="left", model_max_length=512)
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=512, tie_word_embeddings=True,
+                         max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).float()
+    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tokenize_tasks(tasks: str, tokenizer, n_train: int, n_test: int, seed: int, max_prompt_len: int,
+                  prompt_style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
+    """Every task's train/test split with prompts tokenized once: labels, train, test, where train[k] =
+    (examples, prompt id lists). Prompts over max_prompt_len tokens are dropped, loudly."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    style = prompt_style
+    if style == "auto":  # the paper's base models get the raw r1 wrapper; instruct models their template
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "r1"
+    train, test = [], []
+    for name in names:
+        t0 = time.perf_counter()
+        tr, te = load_task(name, n_train=n_train, n_test=n_test, seed=seed)
+        shown = "plain (toy)" if tr[0].verifier == "toy" else style
+        print(f"task {name}: {len(tr)} train / {len(te)} test prompts ({time.perf_counter() - t0:.1f} s), prompt style {shown}")
+        for split, out in ((tr, train), (te, test)):
+            ids = [tokenizer(make_prompt(ex, style=style, tokenizer=tokenizer), add_special_tokens=False)["input_ids"] for ex in split]
+            keep = [i for i, p in enumerate(ids) if len(p) <= max_prompt_len]
+            if len(keep) < len(split):
+                print(f"note: {name}: dropped {len(split) - len(keep)} of {len(split)} prompts longer than --max-prompt-len {max_prompt_len}")
+            out.append(([split[i] for i in keep], [ids[i] for i in keep]))
+        if len(test[-1][0]) < n_test:
+            raise ValueError(f"task {name}: test split has {len(test[-1][0])} usable prompts, fewer than "
+                             f"--eval-prompts {n_test}; lower --eval-prompts or raise --max-prompt-len")
+        if not train[-1][0]:
+            raise ValueError(f"task {name}: no train prompt fits --max-prompt-len {max_prompt_len}")
+    return [tr[0].task for tr, _ in train], train, test   # a .jsonl task is logged under its file's stem

@@ -1,6 +1,7 @@
 """Tests for mtgrpo.py: every piece of the method against hand-computed values or derived statistics,
 then the trainer end to end on the tiny model. All on CPU. Run: python -m pytest -q"""
 
+import functools
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 import mtgrpo as M
+from bench.metrics import average_relative_change, steps_to_threshold
+from tasks import build_tiny_model
 
 
 # -----------------------------------------------------------------------------
@@ -21,7 +24,7 @@ import mtgrpo as M
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    return M.build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="session")
@@ -160,14 +163,16 @@ def _rows(tokenizer, n_rows=6, seed=0):
 def test_micro_batches_give_the_full_batch_gradient(tiny, agg):
     model, tok = tiny
     rows = _rows(tok)
-    cfg = M.Config(loss_agg=agg)
-    old = M.batch_logprobs(model, rows, list(range(6)), M.Config(micro_batch_size=6), tok.pad_token_id) - 0.05
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    old = M.batch_logprobs(logprobs, rows, list(range(6)), 6) - 0.05
 
     def grads(micro):
-        cfg.micro_batch_size = micro
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights alone
-        M.grpo_update(model, opt, rows, list(range(6)), old, cfg, 0.28, tok.pad_token_id)
-        return [p.grad.clone() for p in model.parameters()]
+        seen = []  # the gradients as the optimizer step sees them (grpo_update frees them right after)
+        opt.register_step_pre_hook(lambda o, args, kw: seen.extend(p.grad.clone() for p in model.parameters()))
+        M.grpo_update(logprobs, opt, rows, list(range(6)), old, micro_batch_size=micro, loss_agg=agg)
+        assert all(p.grad is None for p in model.parameters())  # freed after the step
+        return seen
 
     full, split = grads(6), grads(4)  # 4 + 2 rows: unequal micro-batches, unequal token counts
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(full, split))
@@ -193,7 +198,7 @@ def test_policy_logprobs_match_generate_scores(tiny):
 
 def _logprobs_and_grads(model, prompts, resp, pad_id, share):
     model.zero_grad(set_to_none=True)
-    lp = M.policy_logprobs(model, prompts, resp, pad_id, 0.7, share_prompts=share)
+    lp = (M.shared_prompt_logprobs if share else M.policy_logprobs)(model, prompts, resp, pad_id, 0.7)
     (lp * torch.linspace(-1, 1, lp.numel()).reshape(lp.shape)).sum().backward()  # a loss that weighs every token
     return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -225,7 +230,7 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
     assert torch.allclose(lp, lp_ref, atol=1e-5)
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(g, g_ref))
     with torch.no_grad():
-        assert torch.allclose(M.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
+        assert torch.allclose(M.shared_prompt_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
 
 
 def test_generate_ignores_the_models_own_sampling_settings(tiny):
@@ -236,15 +241,16 @@ def test_generate_ignores_the_models_own_sampling_settings(tiny):
 
     model, tok = tiny
     saved = model.generation_config
-    model.generation_config = GenerationConfig(suppress_tokens=list(range(2, 60)), top_k=1, pad_token_id=0, eos_token_id=1)
+    own = GenerationConfig(suppress_tokens=list(range(2, 60)), top_k=1, pad_token_id=0, eos_token_id=1)
+    model.generation_config = own
     try:
         torch.manual_seed(0)
-        outs = M.generate(model, tok, [tok("copy: abc")["input_ids"]] * 2, 8, M.Config(), [1], max_new_tokens=8)
+        outs = M.generate(model, [tok("copy: abc")["input_ids"]] * 2, 8, max_new_tokens=8, pad_id=0, eos_ids=[1])
+        assert model.generation_config is own  # the model's own config is back after the call
     finally:
         model.generation_config = saved
     tokens = torch.cat([r for r, _ in outs])
     assert ((tokens >= 2) & (tokens < 60)).any()
-    assert model.generation_config is saved
 
 
 @pytest.mark.parametrize("texts,n", [(["copy abcdef:", "sum 3+4:"], 3), (["a", "copy abc:"], 3), (["a", "b"], 3),
@@ -267,7 +273,8 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
                              num_return_sequences=n, max_new_tokens=12, pad_token_id=tok.pad_token_id,
                              eos_token_id=[tok.eos_token_id])[:, ids.shape[1]:]
     torch.manual_seed(0)
-    outs = M.generate(model, tok, prompts, n, M.Config(gen_batch_size=6), [tok.eos_token_id], max_new_tokens=12)
+    outs = M.generate(model, prompts, n, max_new_tokens=12, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+                      gen_batch_size=6)
     T = max(r.shape[1] for r, _ in outs)
     ours = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=tok.pad_token_id) for r, _ in outs])
     assert torch.equal(ours, ref)
@@ -363,7 +370,7 @@ RATES = np.array([0.1, 0.5, 0.8])
 
 def _fake_round(rng, rates):
     """generate + score + filter without a model: task k's prompt survives with prob 1 - rates[k]."""
-    return lambda counts: [[k] * int(rng.binomial(int(c), 1 - rates[k])) for k, c in enumerate(counts)]
+    return lambda counts: ([[k] * int(rng.binomial(int(c), 1 - rates[k])) for k, c in enumerate(counts)], None)
 
 
 def _mean_shares(sampler, z, B=32, draws=300, seed=0, **kw):
@@ -405,7 +412,7 @@ def test_grpo_sampler_is_one_unfiltered_round_of_b_prompts():
     """Plain GRPO = dynamic_sample with M_os = 1, N_rs = 0 and a round that filters nothing: exactly B
     prompts, one round, task counts ~ Mult(B, z) (mean share z_k, 4 std of the mean over S draws)."""
     rng, z, B, S = np.random.default_rng(4), np.array([0.2, 0.3, 0.5]), 16, 200
-    keep_all = lambda counts: [[k] * int(c) for k, c in enumerate(counts)]  # noqa: E731
+    keep_all = lambda counts: ([[k] * int(c) for k, c in enumerate(counts)], None)  # noqa: E731
     shares = []
     for _ in range(S):
         b = M.dynamic_sample(z, B, keep_all, np.zeros(3), rng, os_factor=1, max_rounds=0)
@@ -478,7 +485,7 @@ def test_filter_rate_ema_updates_every_generating_task():
     (dict(os_factor=0.5), "M_os"),
 ])
 def test_sampler_bad_arguments_name_the_argument(kwargs, name):
-    args = dict(z=np.ones(3) / 3, B=4, sample_round=lambda c: [[], [], []], rho=np.zeros(3),
+    args = dict(z=np.ones(3) / 3, B=4, sample_round=lambda c: ([[], [], []], None), rho=np.zeros(3),
                 rng=np.random.default_rng(0))
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
@@ -493,10 +500,10 @@ def test_metrics_hand_computed():
     acc = {"a": 0.5, "b": 0.2, "c": 0.9}
     assert M.worst_and_average(acc) == (0.2, pytest.approx(1.6 / 3))
     base = {"a": 0.25, "b": 0.4, "c": 0.9}
-    assert M.average_relative_change(acc, base) == pytest.approx(100 * (1.0 - 0.5 + 0.0) / 3)
+    assert average_relative_change(acc, base) == pytest.approx(100 * (1.0 - 0.5 + 0.0) / 3)
     assert M.mean_at_k(np.array([[1, 0, 0, 1], [1, 1, 1, 1]])) == 0.75
-    assert M.steps_to_threshold([10, 20, 30], [0.2, 0.41, 0.5], 0.4) == 20
-    assert M.steps_to_threshold([10], [0.2], 0.4) is None
+    assert steps_to_threshold([10, 20, 30], [0.2, 0.41, 0.5], 0.4) == 20
+    assert steps_to_threshold([10], [0.2], 0.4) is None
 
 
 # -----------------------------------------------------------------------------
@@ -517,7 +524,7 @@ def _log(cfg):
 
 @pytest.mark.parametrize("method", M.METHODS)
 def test_every_method_runs_and_logs_consistent_metrics(tmp_path, method):
-    cfg = _cfg(tmp_path, method=method)
+    cfg = _cfg(tmp_path, **M.METHODS[method])
     M.train(cfg)
     log = _log(cfg)
     assert log[0]["kind"] == "config" and log[0]["method"] == method
@@ -548,7 +555,7 @@ def test_grpo_learns_the_easy_toy_task(tmp_path):
     """Learning signal: GRPO on toy_copy lifts training accuracy from ~1/97 (a random tiny model) to
     well above it within ~80 CPU steps. The mean over 10 steps of 128 rollouts has a std of at most
     0.5 / sqrt(1280) = 0.014, so a 0.15 rise is not noise; a sign error anywhere drives it to 0."""
-    cfg = _cfg(tmp_path, method="grpo", tasks="toy_copy", steps=80, batch_size=16, num_rollouts=8, lr=3e-3)
+    cfg = _cfg(tmp_path, **M.METHODS["grpo"], tasks="toy_copy", steps=80, batch_size=16, num_rollouts=8, lr=3e-3)
     M.train(cfg)
     acc = [r["train_acc"][0] for r in _log(cfg) if r["kind"] == "train"]
     assert np.mean(acc[-10:]) > np.mean(acc[:5]) + 0.15, acc
@@ -561,7 +568,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     M.train(full)
     resumed = M.parse_args(["--resume", str(tmp_path / "full" / "checkpoint-3"), "--out-dir", str(tmp_path / "resumed")])
     assert resumed.steps == 6 and resumed.lr == full.lr  # the checkpoint's config came back
-    with pytest.raises(ValueError, match="--preset cannot be combined with --resume"):
+    with pytest.raises(ValueError, match="--preset and --method cannot be combined with --resume"):
         M.parse_args(["--resume", str(tmp_path / "full" / "checkpoint-3"), "--preset", "exp1"])
     M.train(resumed)
     strip = lambda log: [{k: v for k, v in r.items() if not k.startswith(("seconds", "gen_tokens_per_s")) and k not in ("out_dir", "resume")}
@@ -577,12 +584,12 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     the training forward exactly, or the first-update ratio would not be 1."""
     model, tok = tiny
     rows = _rows(tok)
-    cfg = M.Config(micro_batch_size=4)
-    no_grad = M.batch_logprobs(model, rows, list(range(6)), cfg, tok.pad_token_id)
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    no_grad = M.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats, used = M.grpo_update(model, opt, rows, list(range(6)), None, cfg, 0.28, tok.pad_token_id)
+    stats, used = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
     assert torch.equal(no_grad * rows.mask, used * rows.mask)
-    stats, _ = M.grpo_update(model, opt, rows, list(range(6)), no_grad, cfg, 0.28, tok.pad_token_id)
+    stats, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0
 
 
@@ -623,7 +630,7 @@ def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
     (["--eval-k", "0"], "--eval-k"),
     (["--sec-temperature", "0"], "--sec-temperature"),
     (["--sec-decay", "1"], "--sec-decay"),
-    (["--weight-update", "reward_l2"], "pass --xi-optimizer sgd"),
+    (["--weighting", "reward_l2"], "pass --xi-optimizer sgd"),
     (["--out-dir", "/proc/mtgrpo-not-writable"], "--out-dir"),
     (["--resume", "/tmp"], "is not a checkpoint"),
 ])
@@ -650,7 +657,7 @@ def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
     sum(xi) starts at 0 and the step keeps it there, so xi = log z - mean(log z); the logged z and
     z_next must then satisfy log z_next - log z = -beta (g + eta xi) up to a constant."""
     beta, eta = 2.0, 0.05
-    cfg = _cfg(tmp_path, weight_update="reward_l2", xi_optimizer="sgd", xi_lr=beta, eta=eta, steps=4)
+    cfg = _cfg(tmp_path, weighting="reward_l2", xi_optimizer="sgd", xi_lr=beta, eta=eta, steps=4)
     M.train(cfg)
     train = [r for r in _log(cfg) if r.get("kind") == "train"]
     for r, nxt in zip(train, train[1:]):
