@@ -217,6 +217,43 @@ def test_countdown_accepts_any_valid_expression_and_rejects_misuse():
     assert verify.reward(boxed("6 / (4 - 4)"), ex2) == 0.1                # division by zero: wrong
 
 
+def test_countdown_accepts_unary_plus_as_it_accepts_unary_minus():
+    # The oracle's failing forms (363 reasoning-gym instances, 123 rejected): 87 - 40 - 31 = 16 by hand.
+    ex = Example("countdown_easy", "q", "87 - 40 - 31", "countdown", {"numbers": [87, 40, 31], "target": 16})
+    for good in ("+87-40-31", "87 - +40 - 31", "+(87-40)-31", "87-+40-+31", "-(-87)+ -40 - 31",
+                 "+(-(-87)) + -40 + -31", "--87-40-31", "++87-40-31", "+-(-87)-40-31", "87 ++ -40 -+ 31"):
+        assert verify.reward(boxed(good), ex) == 1.0, good
+    for wrong in ("+87-40+31",          # 78
+                  "-+87-40-31",         # -158
+                  "87 + +40 - 31",      # 96
+                  "+87 - +40",          # 47, and 31 unused
+                  "+87-40-31+0",        # 16, but 0 is not a given number
+                  "+87-40-31-40+40",    # 16, but 40 used twice
+                  "+87-40-+",           # dangling sign
+                  "+ +"):
+        assert verify.reward(boxed(wrong), ex) == 0.1, wrong
+    assert verify.parse_countdown("+3") == (3, [3])
+    assert verify.parse_countdown("+-3")[0] == verify.parse_countdown("-+3")[0] == -3
+    assert verify.parse_countdown("2 * +3")[0] == 6 and verify.parse_countdown("2 - +3")[0] == -1
+    assert verify.parse_countdown("1 ++ 2")[0] == verify.parse_countdown("1 -- 2")[0] == 3
+
+
+@pytest.mark.parametrize("sign", ["+", "-"])
+def test_countdown_sign_runs_share_the_nesting_cap(sign):
+    # MAX_DEPTH signs in a row parse, one more is rejected, as with parentheses.
+    assert verify.parse_countdown(sign * verify.MAX_DEPTH + "3")[0] == 3    # an even number of signs
+    assert verify.parse_countdown("(" * verify.MAX_DEPTH + "3" + ")" * verify.MAX_DEPTH)[0] == 3
+    for bad in (sign * (verify.MAX_DEPTH + 1) + "3", "(" * (verify.MAX_DEPTH + 1) + "3" + ")" * (verify.MAX_DEPTH + 1)):
+        with pytest.raises(ValueError):
+            verify.parse_countdown(bad)
+    for n in (200, 1_000_000):             # under and over MAX_EXPR_CHARS: a clean False, fast
+        t = time.perf_counter()
+        assert verify.countdown_correct(sign * n + "16", [16], 16) is False
+        with pytest.raises(ValueError):
+            verify.parse_countdown(sign * n + "16")
+        assert time.perf_counter() - t < 0.05, (sign, n)
+
+
 COUNTDOWN = Example("countdown_easy", "q", "3 * 5 + 7", "countdown", {"numbers": [3, 5, 7], "target": 22})
 ZEBRA = Example("zebra_easy", "q", "Alice", "name")
 ARC = Example("arc1d_easy", "q", "0 0 3 3 0", "grid")
@@ -229,6 +266,11 @@ ADVERSARIAL = [   # (completion, example, expected reward)
     (boxed("(" * 100_000 + "3" + ")" * 100_000), COUNTDOWN, 0.0),  # over the box cap
     (boxed("(" * 60 + "3*5+7" + ")" * 60), COUNTDOWN, 0.1),      # nesting over MAX_DEPTH: wrong, no crash
     (boxed("-" * 200 + "22"), COUNTDOWN, 0.1),
+    (boxed("+" * 200 + "22"), COUNTDOWN, 0.1),                   # unary plus nests no deeper than minus
+    (boxed("+" * 1_000_000 + "22"), COUNTDOWN, 0.0),             # over the box cap
+    (boxed("+" * 1_000_000 + "3*5+7"), COUNTDOWN, 0.0),
+    (boxed("+" * 20 + "3*5+7"), COUNTDOWN, 1.0),                 # nested plus under MAX_DEPTH, like "--"
+    (boxed("+3*+5-+-7"), COUNTDOWN, 1.0),                        # 3 * 5 - (-7) = 22
     (boxed("__import__('os').system('echo hi')"), COUNTDOWN, 0.1),
     (boxed("3*5+7+x-x"), COUNTDOWN, 0.1),                        # symbols are not numbers
     (boxed("3*5+7+0e0"), COUNTDOWN, 0.1),

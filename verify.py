@@ -19,7 +19,7 @@ from fractions import Fraction
 BOX = "\\boxed{"
 MAX_ANSWER_CHARS = 4096   # a box longer than this is no answer (an ARC-1D row of 40 cells is 79 chars)
 MAX_EXPR_CHARS = 256      # a Countdown expression of 6 numbers <= 100 fits easily
-MAX_DEPTH = 32            # parentheses / unary-minus nesting accepted in a Countdown expression
+MAX_DEPTH = 32            # parentheses / unary plus-minus nesting accepted in a Countdown expression
 MAX_DIGITS = 6            # longest integer literal parsed (the given numbers have at most 3 digits)
 
 
@@ -83,13 +83,13 @@ def _tokens(expr: str) -> list[str]:
 
 
 def parse_countdown(expr: str) -> tuple[Fraction, list[int]]:
-    """Value and integer literals of an arithmetic expression over integers with + - * /, unary minus and
-    parentheses (nothing else: no powers, decimals, names or calls). Exact Fraction arithmetic. Raises
+    """Value and integer literals of an arithmetic expression over integers with + - * /, unary plus/minus
+    and parentheses (nothing else: no powers, decimals, names or calls). Exact Fraction arithmetic. Raises
     ValueError on anything malformed, over MAX_EXPR_CHARS / MAX_DEPTH, or dividing by zero.
 
         expr   := term (('+' | '-') term)*
         term   := unary (('*' | '/') unary)*
-        unary  := '-' unary | atom
+        unary  := ('+' | '-') unary | atom
         atom   := INT | '(' expr ')'
     """
     if len(expr) > MAX_EXPR_CHARS:
@@ -126,9 +126,12 @@ def parse_countdown(expr: str) -> tuple[Fraction, list[int]]:
         return value
 
     def unary(depth: int) -> Fraction:
-        if peek() == "-":
-            take()
-            return -unary(depth + 1)
+        if depth > MAX_DEPTH:          # a run of signs nests like parentheses, so it has the same cap
+            raise _Reject
+        if peek() in ("+", "-"):       # "+87-40-31", "87 - +40 - 31": plus is as valid as minus
+            sign = take()
+            value = unary(depth + 1)
+            return value if sign == "+" else -value
         return atom(depth)
 
     def atom(depth: int) -> Fraction:
