@@ -1,8 +1,7 @@
 """
-Multi-Task GRPO (MT-GRPO) in one file, after Ramesh et al., "Multi-Task GRPO: Reliable LLM Reasoning
-Across Tasks", arXiv 2602.05547. GRPO post-trains one policy on K tasks at once; MT-GRPO adds task
-weights z = softmax(xi) that move toward tasks scoring low *and* not improving (IWU, Subroutine 1), and
-a ratio-preserving sampler (Algorithm 2) so that the batch left after zero-gradient filtering really
+Multi-Task GRPO (MT-GRPO; Ramesh et al., arXiv 2602.05547) in one file. GRPO post-trains one policy on K tasks
+at once; MT-GRPO adds task weights z = softmax(xi) that move toward tasks scoring low *and* not improving (IWU,
+Subroutine 1), and a ratio-preserving sampler (Algorithm 2) so the batch left after zero-gradient filtering
 has proportions z. `train()` is Algorithm 1:
 
     for each step t:
@@ -12,15 +11,8 @@ has proportions z. `train()` is Algorithm 1:
         J_k        = accuracy of task k's rollouts this step
         z          = softmax(xi - beta * g(I, J))              # Subroutine 1 -> iwu_gradient()
 
-The file reads in that order: the method as pure torch/numpy functions (paste them anywhere), then the
-config, rollouts, the update and the loop, then the machinery (models, data, checkpoints, speed-ups,
-CLI). Where we follow the paper rather than its released code (github.com/rsshyam/MT-GRPO):
-  - J_k is this step's pre-filter accuracy of task k (code: an EMA with decay 0.5);
-  - I_k is the change of the task's token-mean clipped surrogate, once per step (code: a sum over
-    responses, once per minibatch); at theta_t the ratio is 1, so J_GRPO,k(theta_t) needs no forward;
-  - the lenient filter drops every constant group (code: only all-0 / all-1 groups);
-  - rho is updated for every task that generated prompts in a round, and the RP sampler always ends.
-
+The method comes first, as pure torch/numpy functions to paste anywhere; then config, rollouts, update, loop;
+then the machinery. README.md lists where we follow the paper rather than its released code.
     python mtgrpo.py --model tiny           # CPU demo, no download: tiny Qwen2 on toy tasks (~30 s)
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
@@ -34,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -44,27 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-# -----------------------------------------------------------------------------
-# GRPO (Appendix B, Eq. 11-13)
+# --- GRPO (Appendix B, Eq. 11-13) ------------------------------------------------------------------------------------
 
 def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps) within each prompt's group. (B, N) -> (B, N).
-
-    The paper does not say which std; `unbiased` (divide by N - 1) is what the released code and TRL use.
-    Example: [[1, 0]] -> [[0.7071, -0.7071]].
-    """
+    """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps) within each group. (B, N) -> (B, N). The paper does not
+    say which std; unbiased (N - 1) is the released code's and TRL's. Example: [[1, 0]] -> [[0.7071, -0.7071]]."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must have shape (B, N) with N >= 2 rollouts per prompt, got {tuple(rewards.shape)}")
-    mean = rewards.mean(dim=1, keepdim=True)
-    return (rewards - mean) / (rewards.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
+    return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
 
 def zero_gradient_keep(rewards: torch.Tensor, mode: str = "strict") -> torch.Tensor:
-    """The zero-gradient filter (Sec. 5): which groups carry a gradient. (B, N) -> bool (B,).
-
-    strict (Exp. 1) drops groups with no or only correct (1.0) responses; lenient (Exp. 2) drops constant
-    groups, so an all-0.1 group goes too (the released code keeps it, though its A is 0); none keeps all.
-    """
+    """The zero-gradient filter (Sec. 5), (B, N) -> keep (B,): strict (Exp. 1) drops groups with no or only correct
+    responses; lenient (Exp. 2) every constant group, all-0.1 too (the released code keeps those; their A is 0)."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must have shape (B, N), got {tuple(rewards.shape)}")
     if mode == "strict":
@@ -77,61 +61,41 @@ def zero_gradient_keep(rewards: torch.Tensor, mode: str = "strict") -> torch.Ten
     raise ValueError(f"filter mode must be 'strict', 'lenient' or 'none', got {mode!r}")
 
 def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
-    """1.0 on response tokens up to and including the first EOS, 0.0 after. (R, T) -> (R, T).
-
-    Counting EOS strictly *before* each position keeps the first EOS in the loss (the model must learn to
-    stop) and drops what generate() pads after it, even when pad == eos. No EOS: truncated, all count.
-    """
+    """1.0 up to and including the first EOS, 0.0 after, (R, T): the EOS is learned (the model must stop), what
+    generate() pads after it is not, even when pad == eos. No EOS: truncated, every token counts."""
     is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()
     return (eos_before == 0).float()
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
-                   temperature: float = 1.0, chunk_size: int = 2048) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled tokens, at the sampling temperature. -> (R, T) float32.
-
-    hidden (R, T, H) predicts tokens (R, T); weight (V, H) is the lm_head. Equals
-    log_softmax(hidden @ weight.T / temperature).gather(tokens), but `chunk_size` tokens at a time, each
-    chunk recomputed in backward: the fp32 (R, T, V) logits (1 GB for R=8, T=1024, V=151936) never exist.
-    """
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   chunk_size: int = 2048) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32: hidden (R, T, H) -> lm_head weight (V, H).
+    = log_softmax(hidden @ weight.T / temperature).gather(tokens), chunk by chunk, recomputed in backward: the fp32
+    (R, T, V) logits (1 GB at R=8, T=1024, V=151936) never exist."""
     R, T, H = hidden.shape
     h, y = hidden.reshape(R * T, H), tokens.reshape(R * T)
-
     def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
         logits = h_c @ weight.T  # (C, V) <- the big one, one chunk at a time
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32
         return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
-
-    out = []
-    for i in range(0, R * T, chunk_size):
-        h_c, y_c = h[i:i + chunk_size], y[i:i + chunk_size]
-        if torch.is_grad_enabled() and h_c.requires_grad:
-            out.append(checkpoint(chunk_logprobs, h_c, y_c, use_reentrant=False))
-        else:
-            out.append(chunk_logprobs(h_c, y_c))
+    grad = torch.is_grad_enabled() and h.requires_grad  # then recompute each chunk in backward, not store it
+    out = [checkpoint(chunk_logprobs, h[i:i + chunk_size], y[i:i + chunk_size], use_reentrant=False) if grad
+           else chunk_logprobs(h[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, R * T, chunk_size)]
     return torch.cat(out).reshape(R, T)
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
-                      eps_low: float, eps_high: float) -> torch.Tensor:
-    """Eq. 13's per-token min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), r = pi / pi_old. (R, T).
-
-    adv (R,) is broadcast over each response's tokens. eps_high > eps_low is DAPO's clip-higher.
-    """
-    ratio = torch.exp(logp - old_logp)
-    a = adv[:, None]
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """Eq. 13 per token, (R, T): min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), r = pi / pi_old, A (R,)."""
+    ratio, a = torch.exp(logp - old_logp), adv[:, None]
     return torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-              eps_low: float = 0.2, eps_high: float = 0.28, tau: float = 0.0,
-              ref_logp: torch.Tensor | None = None, agg: str = "token_mean",
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float = 0.2,
+              eps_high: float = 0.28, tau: float = 0.0, ref_logp: torch.Tensor | None = None, agg: str = "token_mean",
               normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """-J_GRPO (Eq. 13) of a (micro-)batch: logp, old_logp, mask (R, T); adv (R,).
-
-    agg token_mean (DAPO, the paper's runs) divides the token sum by the token count; seq_mean (original
-    GRPO) averages per response first. With micro-batches pass the whole minibatch's count as
-    `normalizer`, so the summed gradients equal the unsplit minibatch's. tau > 0 adds the k3 KL term
-    tau (u - log u - 1), u = pi_ref / pi. Stats stay 0-d tensors: a float() would sync the GPU here.
-    """
+    """-J_GRPO (Eq. 13) of a (micro-)batch: logp, old_logp, mask (R, T); adv (R,). token_mean (DAPO, the
+    paper's runs) divides the token sum by the token count, seq_mean (original GRPO) averages per response
+    first. Micro-batches pass their minibatch's count as `normalizer`, so summed gradients equal the unsplit
+    minibatch's. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay 0-d tensors:
+    a float() here would sync the GPU."""
     if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"mask {tuple(mask.shape)}, adv {tuple(adv.shape)} (want (R, T) x3 and (R,))")
@@ -151,22 +115,15 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
         raise ValueError(f"agg must be 'token_mean' or 'seq_mean', got {agg!r}")
     loss = -total / max(float(count), 1.0)
     with torch.no_grad():
-        ratio = torch.exp(logp - old_logp)
-        a = adv[:, None].expand_as(ratio)
+        ratio, a, n = torch.exp(logp - old_logp), adv[:, None], mask.sum().clamp(min=1.0)
         clipped = ((ratio < 1 - eps_low) & (a < 0)) | ((ratio > 1 + eps_high) & (a > 0))
-        n = mask.sum().clamp(min=1.0)
-        stats = {"clip_frac": (clipped.float() * mask).sum() / n, "ratio_mean": (ratio * mask).sum() / n}
-    return loss, stats
+        return loss, {"clip_frac": (clipped.float() * mask).sum() / n, "ratio_mean": (ratio * mask).sum() / n}
 
-
-# -----------------------------------------------------------------------------
-# Per-task objective and improvement (Eq. 8)
+# --- Task weights: I_k (Eq. 8), IWU (Subroutine 1), reward-only + L2 (Subroutine 2), SEC -----------------------------
 
 def task_objectives(surrogate: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, K: int) -> torch.Tensor:
-    """J_GRPO,k: the token-mean of the clipped surrogate over task k's tokens. -> (K,); 0 for an absent task.
-
-    At theta_t the ratio is 1 and the surrogate is just A, so J_GRPO,k(theta_t) needs no forward pass.
-    """
+    """J_GRPO,k: token-mean of the clipped surrogate (R, T) over task k's tokens. -> (K,), 0 for absent tasks.
+    At theta_t the ratio is 1 and the surrogate is A, so J_GRPO,k(theta_t) needs no forward pass."""
     per_row = (surrogate * mask).sum(dim=1)  # (R,)
     num = torch.zeros(K, dtype=per_row.dtype, device=per_row.device).index_add_(0, task_ids, per_row)
     den = torch.zeros(K, dtype=per_row.dtype, device=per_row.device).index_add_(0, task_ids, mask.sum(dim=1))
@@ -176,22 +133,15 @@ def task_improvement(j_before: torch.Tensor, j_after: torch.Tensor, clip: float 
     """Eq. 8: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t), clipped to [-c, c] (App. E, c = 0.1)."""
     return (j_after - j_before).clamp(-clip, clip)
 
-
-# -----------------------------------------------------------------------------
-# Task weights: IWU (Subroutine 1), reward-only + L2 (Subroutine 2), SEC (Chen et al. 2025)
-
 def _check_distribution(z: np.ndarray | torch.Tensor, name: str = "z") -> None:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 1 or len(z) == 0 or (z < 0).any() or abs(z.sum() - 1.0) > 1e-6:
         raise ValueError(f"{name} must be a probability vector over the K tasks (non-negative, sums to 1), got {z}")
 
 def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, reward: torch.Tensor, lam: float) -> torch.Tensor:
-    """Subroutine 1, lines 3-4: s_k = I_k + lam J_k;  g_k = z_k (s_k - sum_j z_j s_j).
-
-    Descending (xi <- xi - beta g, line 5) raises tasks whose s_k is below the z-weighted mean: low
-    reward, little improvement, or both. Large lam -> worst-task focus.
-    Example: z = [.5, .5], I = [0, 0], J = [0, 1], lam = 1 -> g = [-.25, .25]: task 0 gains weight.
-    """
+    """Subroutine 1, lines 3-4: s_k = I_k + lam J_k, g_k = z_k (s_k - sum_j z_j s_j). Descending (line 5) raises tasks
+    below the z-weighted mean of s: low reward, little improvement, or both. z = [.5, .5], I = 0, J = [0, 1], lam = 1
+    -> g = [-.25, .25]."""
     _check_distribution(z)
     if not (z.shape == improvement.shape == reward.shape):
         raise ValueError(f"z, improvement, reward must all have shape (K,), got {tuple(z.shape)}, "
@@ -200,16 +150,13 @@ def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, reward: torch.Tenso
     return z * (s - (z * s).sum())
 
 def reward_l2_gradient(z: torch.Tensor, reward: torch.Tensor, xi: torch.Tensor, eta: float) -> torch.Tensor:
-    """Subroutine 2 (App. F, Eq. 43-44), the ablation: g_k = z_k (J_k - sum_j z_j J_j) + eta xi_k.
-
-    Reward alone collapses z onto the current worst task (Fig. 2); eta xi pulls xi back toward uniform.
-    """
+    """Subroutine 2 (App. F, Eq. 43-44), the ablation: g_k = z_k (J_k - sum_j z_j J_j) + eta xi_k. Reward alone
+    collapses z onto the current worst task (Fig. 2); eta xi pulls xi back toward uniform."""
     _check_distribution(z)
     return z * (reward - (z * reward).sum()) + eta * xi
 
 def sec_distribution(q: np.ndarray, temperature: float = 0.2) -> np.ndarray:
-    """SEC baseline: Boltzmann over learning-progress values Q_k (EMA of the mean |A| of task k's
-    trained groups), temperature 0.2."""
+    """SEC baseline: Boltzmann over learning progress Q_k (EMA of the mean |A| of task k's groups), T = 0.2."""
     logits = np.asarray(q, dtype=np.float64) / temperature
     p = np.exp(logits - logits.max())
     return p / p.sum()
@@ -218,41 +165,34 @@ def task_weights(weighting: str, xi: torch.Tensor, sec_q: np.ndarray, sec_temper
     """The distribution z prompts are drawn by (Alg. 1 line 2): softmax(xi), SEC's, or uniform. (K,)"""
     if weighting in ("iwu", "reward_l2"):
         z = torch.softmax(xi.detach().double(), dim=0).numpy()
-    elif weighting == "sec":
-        z = sec_distribution(sec_q, sec_temperature)
     else:
-        z = np.full(len(xi), 1.0 / len(xi))
-    return z / z.sum()
+        z = sec_distribution(sec_q, sec_temperature) if weighting == "sec" else np.full(len(xi), 1.0 / len(xi))
+    return z / z.sum()  # exactly a distribution for the multinomial draws
 
-
-# -----------------------------------------------------------------------------
-# Batch construction: the RP sampler (Algorithm 2) and the baselines' sampler
-#
-# A sampler calls `sample_round(counts) -> (survivors, stats)`: draw counts[k] prompts of task k,
-# generate N rollouts each, score, filter; survivors[k] holds task k's groups that passed, and stats is
-# whatever the round wants logged (kept in SampledBatch.stats). Samplers never see a model.
-
+# --- Batch construction: the RP sampler (Algorithm 2) and the baselines' sampler -------------------------------------
+# Samplers call `sample_round(counts) -> (survivors, stats)`: draw counts[k] prompts of task k, generate N
+# rollouts each, score, filter; survivors[k] are task k's groups that passed, stats whatever the round wants
+# logged (kept in SampledBatch.stats). Samplers never see a model, so fakes test them.
 SampleRound = Callable[[np.ndarray], "tuple[list[list[Any]], Any]"]
 
 @dataclass
 class SampledBatch:
     groups: list[Any]           # the prompt groups to train on (at most B), in random order
     tasks: list[int]            # task index of each group
-    generated: list[list[int]]  # per round: prompts generated per task
-    accepted: list[list[int]]   # per round: prompts surviving the filter per task
     targets: list[int]          # n_k ~ Mult(B, z), the wanted post-filter counts (RP sampler; else [])
-    rho: np.ndarray             # updated filter-rate estimates (K,)
-    stats: list[Any]            # what each round's sample_round returned beside its survivors
+    rho: np.ndarray             # (K,) filter-rate estimates, updated every round
+    generated: list[list[int]] = field(default_factory=list)  # per round: prompts generated per task
+    accepted: list[list[int]] = field(default_factory=list)   # per round: prompts surviving the filter
+    stats: list[Any] = field(default_factory=list)            # per round: sample_round's stats
 
     @property
     def rounds(self) -> int:    # generation rounds, the first included
         return len(self.generated)
 
-def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int,
-                        acc_cap: float = 1.0) -> None:
+def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int, acc_cap: float = 1.0) -> None:
     _check_distribution(z)
     for ok, msg in ((B >= 1, f"B (batch size in prompts) must be >= 1, got {B}"),
-                    (len(rho) == len(z) and ((0 <= rho) & (rho < 1)).all(), f"rho must hold K={len(z)} filter rates in [0, 1), got {rho}"),
+                    (len(rho) == len(z) and ((0 <= rho) & (rho < 1)).all(), f"rho must hold K={len(z)} rates in [0, 1), got {rho}"),
                     (os_factor >= 1, f"M_os (oversampling factor) must be >= 1, got {os_factor}"),
                     (max_rounds >= 0, f"N_rs (max resampling rounds) must be >= 0, got {max_rounds}"),
                     (acc_cap >= 1, f"M_acc (inflation cap) must be >= 1, got {acc_cap}")):
@@ -260,115 +200,83 @@ def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float
             raise ValueError(msg)
 
 def update_filter_rates(rho: np.ndarray, generated: np.ndarray, accepted: np.ndarray, decay: float = 0.9) -> np.ndarray:
-    """rho_k <- decay rho_k + (1 - decay) (filtered / generated), for every task that generated prompts
-    this round (the released code skips tasks with nothing filtered, so their rho never decays: a bug)."""
-    rho = rho.copy()
-    gen = generated > 0
+    """rho_k <- decay rho_k + (1 - decay) (filtered / generated), for every task that generated prompts this
+    round (the released code skips tasks with nothing filtered, so their rho never decays: a bug)."""
+    rho, gen = rho.copy(), generated > 0
     rho[gen] = decay * rho[gen] + (1 - decay) * (1.0 - accepted[gen] / generated[gen])
     return np.minimum(rho, 1.0 - 1e-9)  # float rounding must not reach 1: m_k = 1 / (1 - rho_k)
+
+def _generation_round(batch: SampledBatch, sample_round: SampleRound, counts: np.ndarray, rho_decay: float) -> list[list[Any]]:
+    """Alg. 2 lines 5-9 / 16-22: one round of generate, score and filter, logged into batch, rho updated."""
+    survivors, stats = sample_round(counts)
+    accepted = np.array([len(s) for s in survivors])
+    batch.generated.append(counts.tolist()), batch.accepted.append(accepted.tolist()), batch.stats.append(stats)
+    batch.rho = update_filter_rates(batch.rho, counts, accepted, rho_decay)
+    return survivors
 
 def rp_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray, rng: np.random.Generator,
               os_factor: float = 3, max_rounds: int = 10, acc_cap: float = 5.0, rho_decay: float = 0.9,
               inflate: bool = True) -> SampledBatch:
-    """Algorithm 2, the ratio-preserving sampler: a post-filter batch of B groups whose task shares follow z.
-
-    os_factor = M_os, max_rounds = N_rs (resampling rounds after the first), acc_cap = M_acc;
-    inflate=False sets m_k = 1 (the no-acceptance-aware-sampling ablation, Fig. 16).
-    """
+    """Algorithm 2, the RP sampler: a post-filter batch of B groups whose task shares follow z. os_factor = M_os,
+    max_rounds = N_rs (rounds after the first), acc_cap = M_acc; inflate=False sets m_k = 1 (Fig. 16 ablation)."""
     z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
     _check_sampler_args(z, B, rho, os_factor, max_rounds, acc_cap)
     K, n_gen = len(z), int(round(os_factor * B))
-    n = rng.multinomial(B, z)                                       # line 1: target counts
-    m = 1.0 / np.maximum(1.0 - rho, 1.0 / acc_cap) if inflate else np.ones(K)  # line 2: min(1/(1-rho), M_acc)
-    accepted_by_task: list[list[Any]] = [[] for _ in range(K)]
-    generated, accepted, stats = [], [], []
-    p = z * m / (z * m).sum()                                       # line 3: zhat
+    n = rng.multinomial(B, z)                                                    # line 1: target counts
+    m = 1.0 / np.maximum(1.0 - rho, 1.0 / acc_cap) if inflate else np.ones(K)   # line 2: min(1/(1-rho), M_acc)
+    batch, accepted = SampledBatch([], [], n.tolist(), rho), [[] for _ in range(K)]
+    p = z * m / (z * m).sum()                                                    # line 3: zhat
     while True:
-        counts = rng.multinomial(n_gen, p)                          # lines 4 / 15
-        survivors, st = sample_round(counts)                        # lines 5-9 / 16-22
-        c_round = np.array([len(s) for s in survivors])
+        survivors = _generation_round(batch, sample_round, rng.multinomial(n_gen, p), rho_decay)  # lines 4-9 / 15-22
         for k in range(K):
-            accepted_by_task[k].extend(survivors[k])
-        generated.append(counts.tolist())
-        accepted.append(c_round.tolist())
-        stats.append(st)
-        rho = update_filter_rates(rho, counts, c_round, rho_decay)
-        c = np.array([len(a) for a in accepted_by_task])           # lines 10 / 24
-        deficit = np.maximum(n - c, 0)                              # lines 11 / 24
-        if deficit.sum() == 0 or len(generated) > max_rounds:       # line 13: r <= N_rs
+            accepted[k].extend(survivors[k])
+        deficit = np.maximum(n - np.array([len(a) for a in accepted]), 0)       # lines 10-11 / 24
+        if deficit.sum() == 0 or batch.rounds > max_rounds:                      # line 13: r <= N_rs
             break
-        p = deficit * m / (deficit * m).sum()                       # line 14: deficiency-aware
-    groups, tasks = _trim_to_targets(accepted_by_task, n, B, rng)   # lines 27-33
-    return SampledBatch(groups, tasks, generated, accepted, n.tolist(), rho, stats)
+        p = deficit * m / (deficit * m).sum()                                    # line 14: deficiency-aware
+    batch.groups, batch.tasks = _trim_to_targets(accepted, n, B, rng)            # lines 27-33
+    return batch
 
-def _trim_to_targets(accepted_by_task: list[list[Any]], n: np.ndarray, B: int,
-                     rng: np.random.Generator) -> tuple[list[Any], list[int]]:
-    """Algorithm 2, lines 27-33: at most B accepted -> keep all (a short batch); else keep at most n_k
-    random survivors of task k and fill up to exactly B at random from the rest. Random order: the
-    update cuts contiguous minibatches, and each should mix the tasks."""
-    pool = [(k, g) for k, groups in enumerate(accepted_by_task) for g in groups]
-    if len(pool) <= B:
-        keep = list(range(len(pool)))
-    else:
+def _trim_to_targets(accepted: list[list[Any]], n: np.ndarray, B: int, rng: np.random.Generator) -> tuple[list[Any], list[int]]:
+    """Algorithm 2, lines 27-33: at most B accepted -> keep all (a short batch); else at most n_k random survivors of
+    task k, filled up to B at random from the rest. Shuffled: each contiguous minibatch of the update mixes tasks."""
+    pool = [(k, g) for k, groups in enumerate(accepted) for g in groups]
+    keep = list(range(len(pool)))
+    if len(pool) > B:
         keep, rest, start = [], [], 0
-        for k, groups in enumerate(accepted_by_task):
+        for k, groups in enumerate(accepted):
             idx = start + rng.permutation(len(groups))
-            keep += idx[:n[k]].tolist()
-            rest += idx[n[k]:].tolist()
-            start += len(groups)
+            keep, rest, start = keep + idx[:n[k]].tolist(), rest + idx[n[k]:].tolist(), start + len(groups)
         keep += rng.choice(rest, size=B - len(keep), replace=False).tolist()
     keep = rng.permutation(keep).tolist()
     return [pool[i][1] for i in keep], [pool[i][0] for i in keep]
 
 def dynamic_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray, rng: np.random.Generator,
                    os_factor: float = 3, max_rounds: int = 10, rho_decay: float = 0.9) -> SampledBatch:
-    """The baselines' sampler (DAPO's dynamic sampling): draw M_os B prompts by z per round, filter, and
-    repeat until B survived (or N_rs more rounds are spent); keep the first B. Plain GRPO is the case
-    os_factor=1, max_rounds=0 with nothing filtered. Nothing preserves z: a task filtered at rate rho_k
-    ends with a share of about z_k (1 - rho_k) / sum_j z_j (1 - rho_j) (Fig. 12)."""
+    """The baselines' sampler (DAPO's): M_os B prompts by z per round until B survive the filter (or N_rs more rounds
+    pass); the first B. GRPO: os_factor=1, max_rounds=0, no filter. A task filtered at rate rho_k gets a share
+    ~ z_k (1 - rho_k) / sum_j z_j (1 - rho_j), not z_k (Fig. 12)."""
     z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
     _check_sampler_args(z, B, rho, os_factor, max_rounds)
-    K, n_gen = len(z), int(round(os_factor * B))
-    kept: list[tuple[int, Any]] = []
-    generated, accepted, stats = [], [], []
-    while len(kept) < B and len(generated) <= max_rounds:
-        counts = rng.multinomial(n_gen, z)
-        survivors, st = sample_round(counts)
-        c_round = np.array([len(s) for s in survivors])
-        generated.append(counts.tolist())
-        accepted.append(c_round.tolist())
-        stats.append(st)
-        rho = update_filter_rates(rho, counts, c_round, rho_decay)
+    batch, kept = SampledBatch([], [], [], rho), []
+    while len(kept) < B and batch.rounds <= max_rounds:
+        survivors = _generation_round(batch, sample_round, rng.multinomial(int(round(os_factor * B)), z), rho_decay)
         # "The first B" in draw order: i.i.d. draws make it a random permutation of the survivors.
-        round_kept = [(k, g) for k in range(K) for g in survivors[k]]
+        round_kept = [(k, g) for k in range(len(z)) for g in survivors[k]]
         kept += [round_kept[i] for i in rng.permutation(len(round_kept))]
-    kept = kept[:B]
-    return SampledBatch([g for _, g in kept], [k for k, _ in kept], generated, accepted, [], rho, stats)
+    batch.groups, batch.tasks = [g for _, g in kept[:B]], [k for k, _ in kept[:B]]
+    return batch
 
-
-# -----------------------------------------------------------------------------
-# Metrics (Sec. 6)
-
-def mean_at_k(correct: np.ndarray) -> float:
-    """mean@k accuracy: correct (P, k) booleans for P test prompts x k samples -> their mean."""
-    return float(np.mean(correct)) if np.size(correct) else 0.0
-
-def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
-    """Worst-task accuracy (the paper's headline metric) and the average over tasks."""
-    return min(acc.values()), sum(acc.values()) / len(acc)
-
-
-# -----------------------------------------------------------------------------
-# Config: one dataclass with the paper's values (App. E). Every field is a flag --field-name; its
-# help is the text below, `within` an interval it must lie in, `choices` the values it takes.
+# --- Config: the paper's values (App. E) ----------------------------------------------------------------------------
+# Each field is a flag --field-name with its help text, `within` an interval it must lie in, `choices` its values.
 
 def arg(default: Any, help: str, within: str = "", choices: tuple[str, ...] = (), group: str = "") -> Any:
     return field(default=default, metadata=dict(help=help, within=within, choices=choices, group=group))
 
 @dataclass
 class Config:
-    model: str = arg("tiny", "hub name (Qwen2.5-0.5B = Qwen/Qwen2.5-0.5B), a local save_pretrained dir, or tiny (CPU demo)", group="run")
-    tasks: str = arg("countdown_medium,zebra_medium,arc1d_medium", "built-in tasks (--list-tasks) or .jsonl files, comma-separated")
+    model: str = arg("tiny", "hub name (Qwen2.5-0.5B = Qwen/Qwen2.5-0.5B), local dir, or tiny (CPU demo)", group="run")
+    tasks: str = arg("countdown_medium,zebra_medium,arc1d_medium", "built-in task names or .jsonl files, comma-separated")
     steps: int = arg(200, "training steps (paper: 720)", "[1, inf)")
     seed: int = arg(0, "fixes the run: tiny model init, data, every sampling decision")
     out_dir: str = arg("out", "where log.jsonl and checkpoint-STEP/ go")
@@ -378,19 +286,12 @@ class Config:
     eval_k: int = arg(8, "samples per test prompt for mean@k (paper: 8)", "[1, inf)")
     eval_prompts: int = arg(200, "test prompts per task (paper: 200)", "[1, inf)")
     n_train: int = arg(1000, "train prompts per task (paper: 1000; released data: 10000)", "[1, 10000]")
-    prompt_style: str = arg("auto", "r1: the paper's raw wrapper; chat: the chat template; plain; auto: chat if the "
-                            "tokenizer has a template, else r1", choices=("auto", "r1", "chat", "plain"))
-    box_rule: str = arg("last", "the answer is the last \\boxed{}, or the last on the last line (released code)",
-                        choices=("last", "last_line"))
-    # the method (Sec. 6); --method sets these
-    sampler: str = arg("rp", "rp: RP sampler (Alg. 2); dynamic: DAPO's resample-until-B; grpo: B prompts, one round",
-                       choices=("rp", "dynamic", "grpo"), group="method (--method sets these)")
-    weighting: str = arg("iwu", "task weights: iwu (Subroutine 1), reward_l2 (Subroutine 2), sec (SEC), uniform",
-                         choices=("iwu", "reward_l2", "sec", "uniform"))
-    filter: str = arg("strict", "zero-gradient filter: strict (Exp. 1), lenient (Exp. 2), none (GRPO)",
-                      choices=("strict", "lenient", "none"))
+    prompt_style: str = arg("auto", "r1: the paper's wrapper; chat: template; auto: chat if any", choices=("auto", "r1", "chat", "plain"))
+    box_rule: str = arg("last", "the last \\boxed{}, or the last on the last line (released code)", choices=("last", "last_line"))
+    sampler: str = arg("rp", "RP sampler (Alg. 2), DAPO's, or one round", choices=("rp", "dynamic", "grpo"), group="method")
+    weighting: str = arg("iwu", "task weights: Subroutine 1, Subroutine 2, SEC, uniform", choices=("iwu", "reward_l2", "sec", "uniform"))
+    filter: str = arg("strict", "zero-gradient filter (Exp. 1: strict, Exp. 2: lenient)", choices=("strict", "lenient", "none"))
     eps_high: float = arg(0.28, "upper clip of Eq. 13: 0.28 clip-higher (DAPO, MT-GRPO), 0.2 (GRPO)", "[0, inf)")
-    # rollouts (App. B, E)
     batch_size: int = arg(16, "B: prompts per step after filtering (Exp. 1: 32, Exp. 2: 256)", "[1, inf)", group="rollouts")
     num_rollouts: int = arg(8, "N: responses per prompt (Exp. 1: 72, Exp. 2: 8)", "[2, inf)")
     max_prompt_len: int = arg(512, "longer prompts are dropped at load, loudly (paper: 1024)", "[1, inf)")
@@ -398,7 +299,6 @@ class Config:
     temperature: float = arg(1.0, "sampling temperature; log-probs use the same (paper: 1.0)", "(0, inf)")
     top_p: float = arg(1.0, "nucleus sampling (paper: 1.0)", "(0, 1]")
     gen_batch_size: int = arg(384, "rows (prompts x N) per generate() call; lower it if the KV cache is too big", "[1, inf)")
-    # the GRPO update (App. E)
     minibatch_size: int = arg(4, "prompts per optimizer step (paper: B/4, i.e. 4 updates per step)", "[1, inf)", group="update")
     micro_batch_size: int = arg(8, "rows per forward/backward; gradients accumulate over a minibatch", "[1, inf)")
     lr: float = arg(1e-6, "policy AdamW learning rate (paper: 1e-6)", "(0, inf)")
@@ -407,30 +307,24 @@ class Config:
     weight_decay: float = arg(0.0, "policy AdamW weight decay (paper: not stated; released code: 0.01)", "[0, inf)")
     grad_clip: float = arg(1.0, "gradient-norm clip (paper: 1.0)", "(0, inf)")
     eps_low: float = arg(0.2, "lower clip of Eq. 13 (paper: 0.2)", "[0, 1)")
-    loss_agg: str = arg("token_mean", "token_mean (DAPO, the paper's runs) or seq_mean (original GRPO)",
-                        choices=("token_mean", "seq_mean"))
+    loss_agg: str = arg("token_mean", "token_mean (DAPO, the paper's runs) or seq_mean (GRPO)", choices=("token_mean", "seq_mean"))
     adv_std: str = arg("unbiased", "std of Eq. 11 (unbiased: released code, TRL)", choices=("unbiased", "population"))
     grad_checkpointing: bool = arg(False, "recompute activations in backward: less memory, ~30%% slower update")
-    # task weights (Subroutines 1, 2)
-    lam: float = arg(0.2, "lambda of s = I + lambda J (Exp. 1: 0.2/0.25, Exp. 2: 0.1-1.2); larger: worst-task focus",
-                     "[0, inf)", group="task weights")
+    lam: float = arg(0.2, "lambda of s = I + lambda J (Exp. 1: 0.2, Exp. 2: 0.1-1.2)", "[0, inf)", group="task weights")
     eta: float = arg(0.0, "L2 strength of reward_l2 (paper: 1e-5, 5e-4, 1e-2)", "[0, inf)")
     xi_optimizer: str = arg("adamw", "optimizer on xi: adamw (paper) or sgd (xi <- xi - beta g)", choices=("adamw", "sgd"))
     xi_lr: float = arg(0.025, "beta, the step size on xi (paper: AdamW lr 0.025)", "(0, inf)")
     xi_weight_decay: float = arg(1e-5, "AdamW weight decay on xi (Exp. 1: 1e-5, Exp. 2: 1e-4)", "[0, inf)")
     improvement_clip: float = arg(0.1, "c: I_k is clipped to [-c, c] (Exp. 1: 0.1, Exp. 2: 0.2)", "(0, inf)")
-    # the RP sampler (Algorithm 2)
     os_factor: float = arg(3.0, "M_os: a round generates M_os B prompts (paper: 3)", "[1, inf)", group="RP sampler")
     max_resample_rounds: int = arg(10, "N_rs: rounds after the first (Exp. 1: 10, Exp. 2: 2); caps DAPO's too", "[0, inf)")
     acc_cap: float = arg(5.0, "M_acc: cap of the inflation m_k = 1/(1 - rho_k) (paper: 5)", "[1, inf)")
     rho_decay: float = arg(0.9, "EMA decay of the filter-rate estimates rho", "[0, 1)")
     inflate: bool = arg(True, "acceptance-aware inflation m_k (false: m_k = 1, the Fig. 16 ablation)")
-    # SEC baseline (Chen et al. 2025)
     sec_temperature: float = arg(0.2, "Boltzmann temperature over learning progress (SEC: 0.2)", "(0, inf)", group="SEC")
     sec_decay: float = arg(0.5, "EMA decay of SEC's mean |advantage| per task", "[0, 1)")
 
-
-METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: what each method is, in Config fields
+METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: each method as Config fields
     "mtgrpo": dict(sampler="rp", weighting="iwu", eps_high=0.28),
     "grpo":   dict(sampler="grpo", weighting="uniform", filter="none", eps_high=0.2),
     "dapo":   dict(sampler="dynamic", weighting="uniform", eps_high=0.28),
@@ -439,29 +333,22 @@ METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: what each method is, in Config
     "sec":    dict(sampler="dynamic", weighting="sec", eps_high=0.28),
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU demo: the tiny model on the toy tasks (the default with --model tiny).
+PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --model tiny); exp1/2: the paper's (App. E)
     "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64,
                  n_train=1000, batch_size=16, num_rollouts=8, max_prompt_len=32, max_response_len=4,
                  gen_batch_size=512, minibatch_size=16, micro_batch_size=128, lr=3e-3, max_resample_rounds=3),
-    # Paper Exp. 1 (Qwen2.5-3B, 3 tasks), App. E.
     "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72,
                  minibatch_size=8, max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2,
                  max_resample_rounds=10, xi_weight_decay=1e-5, improvement_clip=0.1, prompt_style="r1"),
-    # Paper Exp. 2 (9 tasks: three families x easy/medium/hard).
     "exp2": dict(tasks=",".join(f"{t}_{d}" for t in ("countdown", "zebra", "arc1d") for d in ("easy", "medium", "hard")),
                  steps=720, batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024, max_response_len=4096,
-                 filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2,
-                 prompt_style="r1"),
+                 filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2, prompt_style="r1"),
 }
 
 def method_name(cfg: Config) -> str:
-    """The --method whose fields cfg has, or 'custom'."""
     return next((m for m, f in METHODS.items() if all(getattr(cfg, k) == v for k, v in f.items())), "custom")
 
-
-# -----------------------------------------------------------------------------
-# Rollouts: HF generate, left-padded, KV cache on, temperature 1.0 / top_p 1.0 (App. E)
+# --- Rollouts: HF generate, left-padded, KV cache on, temperature 1.0 / top_p 1.0 (App. E) ---------------------------
 
 @dataclass
 class Group:
@@ -475,29 +362,20 @@ class Group:
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (ids, attention_mask), both (R, L), padded on the left."""
     L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    ids, att = torch.full((len(seqs), L), pad_id, dtype=torch.long), torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-        att[i, L - len(s):] = 1
+        ids[i, L - len(s):], att[i, L - len(s):] = torch.tensor(s, dtype=torch.long), 1
     return ids, att
 
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pad_id: int, eos_ids: list[int],
              temperature: float = 1.0, top_p: float = 1.0, gen_batch_size: int = 384) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n sampled responses per prompt -> [(tokens (n, T), mask (n, T))] per prompt, on the CPU.
-
-    generate() fills every unset sampling field from the model's own generation_config (an instruct
-    model's repetition_penalty, top_k...), which would sample from another distribution than the loss
-    assumes, so a neutral config stands in for the model's during the call.
-    """
+    """n sampled responses per prompt -> [(tokens (n, T), mask (n, T))], on the CPU. HF would fill unset fields from
+    the model's generation_config (repetition_penalty...) and sample another distribution: a neutral one stands in."""
     from transformers import GenerationConfig
-
     gen_cfg = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
                                pad_token_id=pad_id, eos_token_id=eos_ids, bos_token_id=None)
-    device = next(model.parameters()).device
-    per_call = max(1, gen_batch_size // n)
-    out = []
+    device, per_call, out = next(model.parameters()).device, max(1, gen_batch_size // n), []
     was_training, model_gen_cfg = model.training, model.generation_config
     model.eval()  # KV cache on (use_cache=True)
     model.generation_config = GenerationConfig(pad_token_id=pad_id, eos_token_id=eos_ids)
@@ -516,23 +394,9 @@ def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pa
         model.generation_config = model_gen_cfg
     return out
 
-def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], tokenizer, box_rule: str = "last") -> list[torch.Tensor]:
-    """Rewards (n,) per prompt: decode each response up to its first EOS and verify it (verify.py)."""
-    from verify import reward
-
-    rewards = []
-    for ex, (resp, mask) in zip(examples, outputs):
-        texts = tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)
-        rewards.append(torch.tensor([reward(t, ex, box_rule=box_rule) for t in texts]))
-    return rewards
-
-def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int,
-                    temperature: float = 1.0) -> torch.Tensor:
-    """log pi_theta of each response token, (R, T) float32, one forward over [left-padded prompt | response].
-
-    Position ids are cumsum(attention_mask) - 1, as generate() builds them, so these equal the sampler's
-    log-probs and the first ratio is exactly 1. Only response positions reach the lm_head, chunked.
-    """
+def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+    """log pi_theta of each response token, (R, T) float32, by one forward over [left-padded prompt | response] with
+    position ids as generate() builds them: the sampler's own log-probs, so the first ratio is exactly 1."""
     device = next(model.parameters()).device
     ids, att = (t.to(device) for t in left_pad(prompts, pad_id))
     responses = responses.to(device)
@@ -544,12 +408,8 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
                                   use_cache=False).last_hidden_state[:, P - 1:P + T - 1]  # (R, T, H)
         return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
 
-
-# -----------------------------------------------------------------------------
-# The GRPO update of one step: old log-probs, minibatch updates (Eq. 13), I_k (Eq. 8)
-#
-# `logprobs(prompts, responses) -> (R, T)` is policy_logprobs bound to a model (or any function like it).
-
+# --- The GRPO update of one step: old log-probs, minibatch updates (Eq. 13), I_k (Eq. 8) -----------------------------
+# These take `logprobs(prompts, responses) -> (R, T)`: policy_logprobs bound to a model, or any function like it.
 LogProbs = Callable[[list[list[int]], torch.Tensor], torch.Tensor]
 
 @dataclass
@@ -565,8 +425,7 @@ def flatten_groups(groups: list[Group], unbiased: bool, pad_id: int) -> Rows:
     T = max(g.response.shape[1] for g in groups)
     pad = lambda t, v: F.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
     return Rows(prompts=[g.prompt_ids for g in groups for _ in range(len(g.rewards))],
-                responses=torch.cat([pad(g.response, pad_id) for g in groups]),
-                mask=torch.cat([pad(g.mask, 0.0) for g in groups]),
+                responses=torch.cat([pad(g.response, pad_id) for g in groups]), mask=torch.cat([pad(g.mask, 0.0) for g in groups]),
                 adv=group_advantages(torch.stack([g.rewards for g in groups]), unbiased).reshape(-1),
                 task=torch.tensor([g.task for g in groups for _ in range(len(g.rewards))]))
 
@@ -584,29 +443,25 @@ def batch_logprobs(logprobs: LogProbs, rows: Rows, idx: list[int], micro_batch_s
         for ix in chunks(idx, micro_batch_size):
             t = used_len(rows.mask[ix])
             out.append(F.pad(logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t]).float(), (0, T - t)))
-    return torch.cat(out).cpu()  # one copy to the host: the GPU never waits on it per micro-batch
+    return torch.cat(out).cpu()  # one copy to the host, not one per micro-batch
 
 def grpo_update(logprobs: LogProbs, opt: torch.optim.Optimizer, rows: Rows, idx: list[int], old_logp: torch.Tensor | None,
                 micro_batch_size: int = 8, eps_low: float = 0.2, eps_high: float = 0.28, loss_agg: str = "token_mean",
                 grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
-    """One optimizer step on minibatch idx (Eq. 13), gradients accumulated over micro-batches.
-
-    old_logp (len(idx), T), or None while theta = theta_old (the first minibatch): then pi_old is this
-    forward's own log-probs, detached, and the ratio is exactly 1. -> (stats, the old log-probs used).
-    """
+    """One optimizer step on minibatch idx (Eq. 13), over micro-batches. old_logp (len(idx), T), or None while theta =
+    theta_old (first minibatch): then this forward's own log-probs, detached, are pi_old. -> (stats, old log-probs)"""
     T, used_old, sums = rows.responses.shape[1], [], None
     # token_mean divides by the tokens of the whole minibatch, not of each micro-batch (tested: split == full)
     normalizer = float(rows.mask[idx].sum()) if loss_agg == "token_mean" else float(len(idx))
     for j, ix in enumerate(chunks(idx, micro_batch_size)):
-        t = used_len(rows.mask[ix])
+        t, start = used_len(rows.mask[ix]), j * micro_batch_size
         logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
-        start = j * micro_batch_size
         old = logp.detach() if old_logp is None else old_logp[start:start + len(ix), :t].to(logp.device)
         used_old.append(F.pad(old.float(), (0, T - t)))
         loss, st = grpo_loss(logp, old, rows.adv[ix].to(logp.device), rows.mask[ix, :t].to(logp.device),
                              eps_low, eps_high, agg=loss_agg, normalizer=normalizer)
         loss.backward()
-        k = float(rows.mask[ix, :t].sum())  # host-side mask: no sync; stats stay on the device until the end
+        k = float(rows.mask[ix, :t].sum())  # host-side mask, so no sync: stats stay on the device until the end
         part = torch.stack([loss.detach().float(), st["clip_frac"] * k, st["ratio_mean"] * k])
         sums = part if sums is None else sums + part
     grad_norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
@@ -618,27 +473,19 @@ def grpo_update(logprobs: LogProbs, opt: torch.optim.Optimizer, rows: Rows, idx:
             "ratio_mean": ratio_sum / n_tok}, torch.cat(used_old).cpu()
 
 def policy_update(logprobs: LogProbs, opt: torch.optim.Optimizer, groups: list[Group], K: int, *, pad_id: int,
-                  minibatch_size: int, micro_batch_size: int, eps_low: float, eps_high: float, loss_agg: str,
-                  grad_clip: float, unbiased: bool, improvement_clip: float,
-                  measure_improvement: bool) -> tuple[dict[str, float], torch.Tensor, Rows | None]:
-    """Algorithm 1, lines 4-5: the minibatch GRPO updates of a step, then I_k (Eq. 8). -> (stats, I (K,), rows).
-
-    pi_old of minibatches 2.. comes from one no-grad pass at theta_t; the first minibatch is still at
-    theta_t when it trains, so its own detached log-probs serve. One more no-grad pass at theta_t+1 gives
-    J_GRPO,k(theta_t+1) on the same samples and pi_old; J_GRPO,k(theta_t) is the mean advantage (ratio 1).
-    """
+                  minibatch_size: int, micro_batch_size: int, eps_low: float, eps_high: float, loss_agg: str, grad_clip: float,
+                  unbiased: bool, improvement_clip: float, measure_improvement: bool) -> tuple[dict, torch.Tensor, Rows | None]:
+    """Algorithm 1, lines 4-5: minibatch updates, then I_k (Eq. 8) -> (stats, I (K,), rows). pi_old of minibatches 2..
+    is one no-grad pass at theta_t; one more at theta_t+1 gives J_GRPO,k(theta_t+1) on the same samples and pi_old."""
     improvement = torch.zeros(K)
     if not groups:  # every prompt was filtered and resampling ran out: no update this step
         return {}, improvement, None
-    t0 = time.perf_counter()
-    rows = flatten_groups(groups, unbiased, pad_id)
+    t0, rows = time.perf_counter(), flatten_groups(groups, unbiased, pad_id)
     minibatches = chunks(list(range(len(rows.prompts))), minibatch_size * len(groups[0].rewards))
-    later = [i for mb in minibatches[1:] for i in mb]
-    old_logp = torch.zeros_like(rows.mask)
+    later, old_logp = [i for mb in minibatches[1:] for i in mb], torch.zeros_like(rows.mask)
     if later:
         old_logp[later] = batch_logprobs(logprobs, rows, later, micro_batch_size)
-    t1 = time.perf_counter()
-    stats = []
+    t1, stats = time.perf_counter(), []
     for j, mb in enumerate(minibatches):
         st, old_logp[mb] = grpo_update(logprobs, opt, rows, mb, None if j == 0 else old_logp[mb], micro_batch_size,
                                        eps_low, eps_high, loss_agg, grad_clip)
@@ -647,7 +494,7 @@ def policy_update(logprobs: LogProbs, opt: torch.optim.Optimizer, groups: list[G
     if measure_improvement:
         new_logp = batch_logprobs(logprobs, rows, list(range(len(rows.prompts))), micro_batch_size)
         j_after = task_objectives(clipped_surrogate(new_logp, old_logp, rows.adv, eps_low, eps_high), rows.mask, rows.task, K)
-        j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)
+        j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)  # ratio 1: A
         improvement = task_improvement(j_before, j_after, improvement_clip)
     out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
     out.update(ratio_first_update=stats[0]["ratio_mean"], updates=len(minibatches), seconds_old_logp=t1 - t0,
@@ -664,18 +511,15 @@ def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improve
 def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
     """SEC: Q_k <- decay Q_k + (1 - decay) mean |A| of task k's trained responses, for tasks in the batch."""
     q = q.copy()
-    for k in range(len(q)):
-        if (rows.task == k).any():
-            q[k] = decay * q[k] + (1 - decay) * float(rows.adv[rows.task == k].abs().mean())
+    for k in set(rows.task.tolist()):
+        q[k] = decay * q[k] + (1 - decay) * float(rows.adv[rows.task == k].abs().mean())
     return q
 
-
-# -----------------------------------------------------------------------------
-# Training loop (Algorithm 1)
+# --- Training loop (Algorithm 1) -------------------------------------------------------------------------------------
 
 @dataclass
 class RoundStats:
-    """What one generation round saw before filtering: J_k and the generation figures come from here."""
+    """What generation rounds saw before filtering: J_k and the generation figures come from here."""
     correct: np.ndarray        # (K,) rollouts with reward 1.0
     total: np.ndarray          # (K,) rollouts generated
     tokens: int = 0            # response tokens generated (up to EOS)
@@ -683,15 +527,13 @@ class RoundStats:
 
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable, N: int,
                   filter_mode: str, rng: np.random.Generator) -> tuple[list[list[Group]], RoundStats]:
-    """The samplers' sample_round (Algorithm 2, lines 5-9): draw counts[k] prompts of task k, sample N
-    rollouts each, score them, keep the groups that pass the zero-gradient filter."""
+    """Alg. 2 lines 5-9, the samplers' sample_round: draw counts[k] prompts of task k, sample N each, score, filter."""
     t, K = time.perf_counter(), len(data)
     picks = [(k, int(i)) for k in range(K)
              for i in rng.choice(len(data[k][0]), size=int(counts[k]), replace=int(counts[k]) > len(data[k][0]))]
     outs = sample([data[k][1][i] for k, i in picks], N)
     rewards = score([data[k][0][i] for k, i in picks], outs)
-    survivors: list[list[Group]] = [[] for _ in range(K)]
-    stats = RoundStats(np.zeros(K), np.zeros(K))
+    survivors, stats = [[] for _ in range(K)], RoundStats(np.zeros(K), np.zeros(K))
     for (k, i), (resp, mask), r in zip(picks, outs, rewards):
         stats.correct[k] += float((r == 1.0).sum())
         stats.total[k] += len(r)
@@ -711,17 +553,15 @@ class LoopState:
     step: int = 0              # steps done
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl (first line: the config)
-    and checkpoints; returns the last evaluation."""
+    """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
+    from tasks import stop_token_ids, tokenize_tasks
     validate(cfg)
     log_path = prepare_out_dir(cfg.out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # every sampling decision: tasks, prompts, trimming
-
     model, tokenizer = load_model(cfg.resume or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
-    pad_id, eos_ids = tokenizer.pad_token_id, eos_token_ids(model, tokenizer)
-    from tasks import tokenize_tasks
+    pad_id, eos_ids = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
     names, train_sets, test_sets = tokenize_tasks(cfg.tasks, tokenizer, cfg.n_train, cfg.eval_prompts, cfg.seed,
                                                  cfg.max_prompt_len, cfg.prompt_style)
     K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
@@ -736,10 +576,11 @@ def train(cfg: Config) -> dict[str, Any]:
     sample = functools.partial(generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id, eos_ids=eos_ids,
                                temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
     score_ = functools.partial(score, tokenizer=tokenizer, box_rule=cfg.box_rule)
-    sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_, N=N,
-                                     filter_mode=cfg.filter, rng=rng)
+    sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_, N=N, filter_mode=cfg.filter, rng=rng)
     logprobs = functools.partial(shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
-    print_header(cfg, names, device, log_path)
+    print(f"mtgrpo | method {method_name(cfg)} | model {cfg.model} on {device} | tasks {', '.join(names)}\n  B={B} prompts x "
+          f"N={N} rollouts | M_os*B={int(round(cfg.os_factor * B))} prompts per round | {math.ceil(B / cfg.minibatch_size)} "
+          f"updates/step | eps_high={cfg.eps_high} | filter={cfg.filter} | log {log_path}")  # derived sizes, once
 
     last_eval: dict[str, Any] = {}
     for step in range(state.step + 1, cfg.steps + 1):
@@ -750,23 +591,19 @@ def train(cfg: Config) -> dict[str, Any]:
         if cfg.sampler == "rp":
             batch = rp_sample(z, B, sample_round, state.rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.acc_cap,
                               cfg.rho_decay, cfg.inflate)
-        else:  # DAPO-style dynamic sampling; plain GRPO is one round of B prompts
+        else:  # DAPO's dynamic sampling; plain GRPO is one round of B prompts
             os_factor, max_rounds = (cfg.os_factor, cfg.max_resample_rounds) if cfg.sampler == "dynamic" else (1, 0)
             batch = dynamic_sample(z, B, sample_round, state.rho, rng, os_factor, max_rounds, cfg.rho_decay)
         state.rho = batch.rho
-        t_sampled = time.perf_counter()
         # 3) GRPO updates (line 4) and the improvement I_k (line 5, Eq. 8)
         upd, improvement, rows = policy_update(
-            logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size,
-            micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
-            grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
-            measure_improvement=cfg.weighting == "iwu")
+            logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size, micro_batch_size=cfg.micro_batch_size,
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg, grad_clip=cfg.grad_clip,
+            unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip, measure_improvement=cfg.weighting == "iwu")
         if cfg.weighting == "sec" and rows is not None:
             state.sec_q = update_sec_values(state.sec_q, rows, cfg.sec_decay)
-        t_updated = time.perf_counter()
         # 4) J_k = this step's pre-filter accuracy, then z <- IWU (line 6, Subroutine 1)
-        seen = RoundStats(sum(s.correct for s in batch.stats), sum(s.total for s in batch.stats),
-                          sum(s.tokens for s in batch.stats), sum(s.seconds for s in batch.stats))
+        seen = RoundStats(*(sum(getattr(s, f) for s in batch.stats) for f in ("correct", "total", "tokens", "seconds")))
         sampled = seen.total > 0
         state.J[torch.from_numpy(sampled)] = torch.from_numpy(seen.correct[sampled] / seen.total[sampled]).float()
         if cfg.weighting in ("iwu", "reward_l2"):
@@ -774,45 +611,34 @@ def train(cfg: Config) -> dict[str, Any]:
         state.step = step
         # 5) log, evaluate, save
         z_next = task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
-        rec = step_record(step, z, z_next, batch, seen, upd, state, improvement,
-                          (t0, t_sampled, t_updated, time.perf_counter()), sec=cfg.weighting == "sec")
+        rec = step_record(z, z_next, batch, seen, upd, state, improvement, time.perf_counter() - t0, sec=cfg.weighting == "sec")
         log(log_path, rec)
         print(progress_line(rec, cfg.steps, sampled), flush=True)
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             last_eval = evaluate(sample, score_, test_sets, names, cfg.eval_k, seed=cfg.seed + step, step=step)
             log(log_path, last_eval)
         if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-            save_checkpoint(os.path.join(cfg.out_dir, f"checkpoint-{step}"), model, tokenizer, opt, xi_opt, state, rng,
-                            cfg, log_path)
+            save_checkpoint(os.path.join(cfg.out_dir, f"checkpoint-{step}"), model, tokenizer, opt, xi_opt, state, rng, cfg, log_path)
     return last_eval
 
-
-# -----------------------------------------------------------------------------
-# Logging and evaluation
+# --- Logging and evaluation (Sec. 6 metrics) -------------------------------------------------------------------------
 
 def log(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
-def step_record(step: int, z: np.ndarray, z_next: np.ndarray, batch: SampledBatch, seen: RoundStats, upd: dict,
-                state: LoopState, improvement: torch.Tensor, times: tuple[float, ...], sec: bool) -> dict[str, Any]:
-    """One step's JSONL record: every per-step metric of Sec. 6 (z, realized shares, rho, J, I, rounds...)."""
-    t0, t_sampled, t_updated, t_end = times
-    K = len(z)
-    n_groups = len(batch.groups)
-    rec = {"kind": "train", "step": step, "z": z.tolist(), "z_next": z_next.tolist(),
-           "batch_shares": (np.bincount(batch.tasks, minlength=K) / max(n_groups, 1)).tolist(), "batch_groups": n_groups,
-           "targets": batch.targets, "rho": batch.rho.tolist(), "J": state.J.tolist(), "I": improvement.tolist(),
-           "train_acc": (seen.correct / np.maximum(seen.total, 1)).tolist(), "rounds": batch.rounds,
-           "generated": batch.generated, "accepted": batch.accepted,
-           "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": n_groups, **upd,
-           "response_len": seen.tokens / max(seen.total.sum(), 1), "gen_tokens_per_s": seen.tokens / max(seen.seconds, 1e-9),
-           "seconds": t_end - t0, "seconds_gen": seen.seconds,
-           # everything but generating and training: sampler, I_k pass, IWU (the paper's +10% per step)
-           "seconds_bookkeeping": (t_sampled - t0 - seen.seconds) + upd.get("seconds_improvement", 0.0) + (t_end - t_updated)}
-    if sec:
-        rec["sec_q"] = state.sec_q.tolist()
-    return rec
+def step_record(z: np.ndarray, z_next: np.ndarray, batch: SampledBatch, seen: RoundStats, upd: dict, state: LoopState,
+                improvement: torch.Tensor, seconds: float, sec: bool) -> dict[str, Any]:
+    """One step's JSONL record: z, realized shares, rho, J, I, rounds, prompts generated vs used, timings."""
+    used = len(batch.groups)
+    return {"kind": "train", "step": state.step, "z": z.tolist(), "z_next": z_next.tolist(),
+            "batch_shares": (np.bincount(batch.tasks, minlength=len(z)) / max(used, 1)).tolist(), "batch_groups": used,
+            "targets": batch.targets, "rho": batch.rho.tolist(), "J": state.J.tolist(), "I": improvement.tolist(),
+            "train_acc": (seen.correct / np.maximum(seen.total, 1)).tolist(), "rounds": batch.rounds,
+            "generated": batch.generated, "accepted": batch.accepted,
+            "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": used, **upd,
+            "response_len": seen.tokens / max(seen.total.sum(), 1), "seconds": seconds, "seconds_gen": seen.seconds,
+            **({"sec_q": state.sec_q.tolist()} if sec else {})}
 
 def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray) -> str:
     acc, fmt = np.array(rec["train_acc"])[sampled], lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
@@ -820,10 +646,17 @@ def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray) -> str:
             f"avg {acc.mean() if len(acc) else 0:.2f} | z {fmt(rec['z'])} | shares {fmt(rec['batch_shares'])} | "
             f"rounds {rec['rounds']}" + (f" | loss {rec['loss']:.4f}" if "loss" in rec else " | no group survived: no update"))
 
+def mean_at_k(correct: np.ndarray) -> float:
+    """mean@k accuracy: correct (P, k) booleans for P test prompts x k samples -> their mean."""
+    return float(np.mean(correct)) if np.size(correct) else 0.0
+
+def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
+    """Worst-task accuracy (the paper's headline metric) and the average over tasks."""
+    return min(acc.values()), sum(acc.values()) / len(acc)
+
 def evaluate(sample: Callable, score: Callable, test: list[tuple[list, list]], names: list[str], k: int,
              seed: int, step: int) -> dict[str, Any]:
-    """mean@k on each task's test split (Sec. 6), sampled on a forked RNG seeded by `seed` so that
-    evaluating never changes the training stream. Prints and returns the eval record."""
+    """mean@k on each task's test split -> the eval record, sampled on a forked RNG: evaluating never changes training."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
         acc = {name: mean_at_k(np.stack([(r == 1.0).numpy() for r in score(examples, sample(ids, k))]))
@@ -832,164 +665,108 @@ def evaluate(sample: Callable, score: Callable, test: list[tuple[list, list]], n
     print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | " + " ".join(f"{t} {v:.3f}" for t, v in acc.items()), flush=True)
     return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
 
-
-# -----------------------------------------------------------------------------
-# Models: a hub name, a local directory, or a tiny Qwen2 built locally (no download)
-
-def resolve_model_name(name: str) -> str:
-    """'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; local dirs and 'org/name' pass through."""
-    if os.path.isdir(name) or "/" in name:
-        return name
-    if name.lower().startswith("qwen"):
-        return f"Qwen/{name}"
-    raise ValueError(f"--model {name!r} is neither a local directory nor a hub name 'org/name'; "
-                     "pass e.g. Qwen/Qwen2.5-0.5B, a local path, or --model tiny")
+# --- Machinery: the policy model, the output directory, checkpoints --------------------------------------------------
 
 def load_model(name: str, device: torch.device, grad_checkpointing: bool = False, seed: int = 0):
-    """from_pretrained for hub names and local paths alike ("tiny" is built first, from `seed`). Master
-    weights stay fp32: AdamW at lr 1e-6 on bf16 weights rounds most updates away; bf16 comes from autocast."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
-    if name == "tiny":
-        import tempfile
-        from tasks import build_tiny_model
-        with tempfile.TemporaryDirectory() as d:
-            return load_model(build_tiny_model(d, seed=seed), device, grad_checkpointing)
-    if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
-        raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "
-                         "a hub name like Qwen/Qwen2.5-0.5B, or --model tiny")
-    path = resolve_model_name(os.path.expanduser(name))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        # transformers 5 forces Qwen2Tokenizer for model type qwen2, which mangles a plain fast tokenizer
-        # (the tiny one loses its spaces): load by the class the tokenizer was saved as.
-        cls, cfg_file = AutoTokenizer, os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(cfg_file) and json.load(open(cfg_file)).get("tokenizer_class") in ("PreTrainedTokenizerFast", "TokenizersBackend"):
-            cls = PreTrainedTokenizerFast
-        tokenizer = cls.from_pretrained(path, padding_side="left")
-    except OSError as e:
-        raise ValueError(f"could not load model {path!r} ({str(e).splitlines()[0]}). Without network access, "
-                         "pass a local directory holding a saved model (--model /path/to/model) or use --model tiny") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function,
-    # or the first ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    if hasattr(model.config, "attention_dropout"):
-        model.config.attention_dropout = 0.0
+    """The policy and its tokenizer (tasks.load_pretrained: a hub name, a local dir, or tiny), made ready to train.
+    Master weights stay fp32: AdamW at lr 1e-6 on bf16 weights rounds most updates away; bf16 comes from autocast."""
+    from tasks import load_pretrained
+    model, tokenizer = load_pretrained(name, seed)
+    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function, or the
+    # first ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
+    for m in (m for m in model.modules() if isinstance(m, torch.nn.Dropout)):
+        m.p = 0.0
+    model.config.attention_dropout = 0.0
     if grad_checkpointing:  # transformers 5.2x renamed the method
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
     model.config.use_cache = True
     model.train()
     return model.to(device), tokenizer
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a response: the generation config may list several (Qwen instruct: 2)."""
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return sorted(set(ids + [tokenizer.eos_token_id]) - {None})
 
 def autocast(device: torch.device):
     """bf16 autocast on GPU over fp32 master weights; plain fp32 on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-
-# -----------------------------------------------------------------------------
-# Data, output directory, checkpoints
+def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], tokenizer, box_rule: str = "last") -> list[torch.Tensor]:
+    """Rewards (n,) per prompt: decode each response up to its first EOS and verify it (verify.py)."""
+    from verify import reward
+    return [torch.tensor([reward(t, ex, box_rule=box_rule) for t in
+                          tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)])
+            for ex, (resp, mask) in zip(examples, outputs)]
 
 def prepare_out_dir(out_dir: str) -> str:
-    try:
+    path = os.path.join(out_dir, "log.jsonl")
+    try:  # fail now, not after the model loaded
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "log.jsonl")
         open(path, "w").close()
     except OSError as e:
         raise ValueError(f"--out-dir {out_dir!r} is not writable ({e.strerror}); pass a writable directory") from None
     return path
 
-def save_checkpoint(path: str, model, tokenizer, opt, xi_opt, state: LoopState, rng: np.random.Generator,
-                    cfg: Config, log_path: str) -> None:
-    """Everything a resumed run needs to continue bit for bit: weights, tokenizer, both optimizers, the
-    loop state, every RNG state, the config, and the log so far."""
+def save_checkpoint(path: str, model, tokenizer, opt, xi_opt, state: LoopState, rng: np.random.Generator, cfg: Config,
+                    log_path: str) -> None:
+    """All a resumed run needs to go on bit for bit: weights, optimizers, loop state, RNGs, config, the log."""
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    rngs = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": rng.bit_generator.state}
-    if torch.cuda.is_available():
-        rngs["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"config": asdict(cfg), "state": asdict(state), "optimizer": opt.state_dict(),
-                "xi_optimizer": xi_opt.state_dict(), "rng": rngs}, os.path.join(path, "trainer_state.pt"))
-    with open(log_path) as src, open(os.path.join(path, "log.jsonl"), "w") as dst:
-        dst.write(src.read())
+    rngs = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": rng.bit_generator.state,
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+    torch.save({"config": asdict(cfg), "state": asdict(state), "optimizer": opt.state_dict(), "xi_optimizer": xi_opt.state_dict(),
+                "rng": rngs}, os.path.join(path, "trainer_state.pt"))
+    shutil.copy(log_path, os.path.join(path, "log.jsonl"))
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    f = os.path.join(path, "trainer_state.pt")
-    if not os.path.isfile(f):
-        raise ValueError(f"--resume {path!r} is not a checkpoint (no trainer_state.pt); pass a "
-                         "checkpoint-STEP directory written by --save-every")
+    if not os.path.isfile(f := os.path.join(path, "trainer_state.pt")):
+        raise ValueError(f"--resume {path!r} is not a checkpoint (no trainer_state.pt); pass a checkpoint-STEP dir")
     return torch.load(f, weights_only=False)
 
 def load_checkpoint(path: str, opt, xi_opt, state: LoopState, rng: np.random.Generator, log_path: str) -> None:
     """Restore what save_checkpoint wrote into a fresh run, in place, and copy its log to log_path."""
     saved = read_checkpoint(path)
     opt.load_state_dict(saved["optimizer"])
+    xi_opt.load_state_dict(saved["xi_optimizer"])
     with torch.no_grad():
         state.xi.copy_(saved["state"]["xi"])
-    xi_opt.load_state_dict(saved["xi_optimizer"])
     state.rho, state.J, state.sec_q, state.step = (saved["state"][k] for k in ("rho", "J", "sec_q", "step"))
     rng.bit_generator.state = saved["rng"]["numpy"]
     torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    with open(os.path.join(path, "log.jsonl")) as src, open(log_path, "w") as dst:
-        dst.write(src.read())  # the log up to the checkpoint; this run appends the rest
+    shutil.copy(os.path.join(path, "log.jsonl"), log_path)  # the log so far; this run appends the rest
 
-
-# -----------------------------------------------------------------------------
-# Speed-ups. Each equals the plain version above it (the tests compare them) and can be dropped.
-#
-# GRPO's N rows of a group share one prompt. Run that prompt once and let its rows continue from its
-# KV cache: in generate() (HF's num_return_sequences would prefill it N times) and in the log-prob passes
-# (the prompt's tokens then cost 1/N; N = 72 in Exp. 1). Gradients from the N rows sum back into the one
-# prompt pass through the cache's index_select.
+# --- Speed-ups: each equals the plain version above it (the tests compare them) and can be dropped ------------------
+# GRPO's N rows of a group share one prompt: run it once, in generate() and in the log-prob passes, and let the rows
+# continue from its KV cache (the prompt then costs 1/N; N = 72 in Exp. 1). Gradients sum back into the one pass.
 
 def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
     """Run U left-padded prompts (U, P) once -> (KV cache of len(rows) rows, row r holding prompt rows[r];
     final hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate() builds them."""
     from transformers import DynamicCache
-
     cache = DynamicCache(config=model.config)
     hidden = model.base_model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(dim=1) - 1).clamp(min=0),
                               use_cache=True, **{_cache_kwarg(type(model.base_model)): cache}).last_hidden_state
-    cache.reorder_cache(rows)  # (U, ...) -> (R, ...)
+    cache.reorder_cache(rows)  # (U, ...) -> (R, ...), an index_select: gradients sum back over the rows
     return cache, hidden
 
 def shared_prefill(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
-    """generate()'s extra kwargs: the cache of every prompt token but the last (generate() runs that one),
-    or {} when there is nothing to share (n = 1, or one-token prompts)."""
-    if len(rows) == len(ids) or ids.shape[1] < 2:
-        return {}
-    return {_cache_kwarg(type(model.base_model)): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0]}
+    """generate()'s kwargs: the cache of all prompt tokens but the last (generate() runs it), if there is any to share."""
+    share = len(rows) > len(ids) and ids.shape[1] > 1
+    return {_cache_kwarg(type(model.base_model)): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0]} if share else {}
 
 def shared_prompt_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int,
                            temperature: float = 1.0) -> torch.Tensor:
-    """policy_logprobs with each distinct prompt run once. Falls back to it when every prompt is distinct,
-    and under gradient checkpointing in train mode, where HF drops the KV cache of checkpointed layers."""
+    """policy_logprobs with each distinct prompt run once. Falls back to it when every prompt is distinct, and
+    under gradient checkpointing in train mode, where HF drops the KV cache of checkpointed layers."""
     slot: dict[tuple[int, ...], int] = {}
     row_prompt = [slot.setdefault(tuple(p), len(slot)) for p in prompts]
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    if len(slot) == len(prompts) or (model.training and checkpointing):
+    if len(slot) == len(prompts) or (model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())):
         return policy_logprobs(model, prompts, responses, pad_id, temperature)
     device = next(model.parameters()).device
     row_prompt = torch.tensor(row_prompt, device=device)                           # (R,)
     ids, att = (t.to(device) for t in left_pad([list(p) for p in slot], pad_id))  # (U, P) distinct prompts
-    responses = responses.to(device)
-    T = responses.shape[1]
+    responses, T = responses.to(device), responses.shape[1]
     with autocast(device):
         cache, prompt_hidden = prompt_cache(model, ids, att, row_prompt)
         hidden = prompt_hidden[row_prompt, -1:]  # (R, 1, H): the last prompt token predicts y_0
@@ -1005,15 +782,13 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: torch.Ten
 def _cache_kwarg(cls: type) -> str:
     """transformers 5.2x renamed forward's `past_key_values` to `cache`; take whichever this one has."""
     import inspect
-
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
-
-# -----------------------------------------------------------------------------
-# CLI: every Config field is a flag; --preset and --method fill several at once; explicit flags win
+# --- CLI: every Config field is a flag; --preset and --method fill several at once; explicit flags win ---------------
 
 def validate(cfg: Config) -> None:
     """Reject bad settings with one line naming the flag and the fix (the CLI exits with status 2)."""
+    from tasks import check_task_list
     for f in fields(Config):
         flag, v, within, choices = "--" + f.name.replace("_", "-"), getattr(cfg, f.name), f.metadata["within"], f.metadata["choices"]
         if choices and v not in choices:
@@ -1022,67 +797,46 @@ def validate(cfg: Config) -> None:
             lo, hi = (float(x) for x in within[1:-1].split(","))
             if not ((v >= lo if within[0] == "[" else v > lo) and (v <= hi if within[-1] == "]" else v < hi)):
                 raise ValueError(f"{flag} must be in {within}, got {v}")
-    from tasks import TASK_NAMES
-    for name in (t.strip() for t in cfg.tasks.split(",") if t.strip()):
-        if not (name in TASK_NAMES or name.endswith(".jsonl")):
-            raise ValueError(f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
-        if name.endswith(".jsonl") and not os.path.isfile(name):
-            raise ValueError(f"--tasks: task file {name} does not exist")
-    if not cfg.tasks.strip(", "):
-        raise ValueError("--tasks is empty: give a comma-separated list of task names or .jsonl files")
+    check_task_list(cfg.tasks)
     if cfg.weighting == "reward_l2" and cfg.xi_optimizer != "sgd":
         raise ValueError("--weighting reward_l2 is Subroutine 2's plain step xi <- xi - beta (g + eta xi): pass "
                          "--xi-optimizer sgd (AdamW would rescale the eta * xi term and add its own weight decay)")
 
-def print_header(cfg: Config, names: list[str], device: torch.device, log_path: str) -> None:
-    """Derived sizes, printed once."""
-    print(f"mtgrpo | method {method_name(cfg)} | model {cfg.model} on {device} | tasks {', '.join(names)}")
-    print(f"  B={cfg.batch_size} prompts x N={cfg.num_rollouts} rollouts | M_os*B={int(round(cfg.os_factor * cfg.batch_size))} "
-          f"prompts per generation round | {math.ceil(cfg.batch_size / cfg.minibatch_size)} minibatch update(s)/step | "
-          f"{cfg.gen_batch_size} rows per generate | eps_high={cfg.eps_high} | filter={cfg.filter} | log {log_path}")
-
 def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("1", "true", "yes")
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description="Multi-Task GRPO (arXiv 2602.05547), Algorithm 1 on one device. "
                                 "Explicit flags win over --method, which wins over --preset.")
     group = p.add_argument_group("run")
-    group.add_argument("--preset", help="tiny (CPU demo, the default with --model tiny), exp1 / exp2 (the paper's "
+    group.add_argument("--preset", help=f"tiny (CPU demo, the default with --model tiny), exp1 / exp2 (the paper's "
                        f"experiments, App. E); choices: {', '.join(PRESETS)}")
-    group.add_argument("--method", help="mtgrpo (IWU + RP sampler), grpo, dapo, iwu (IWU only), rps (RP sampler "
-                       "only), sec: sets the method fields below (default: mtgrpo)")
+    group.add_argument("--method", help="mtgrpo (IWU + RP sampler), grpo, dapo, iwu (IWU only), rps (RP sampler only), "
+                       "sec: sets the method group below (default: mtgrpo)")
     defaults, tiny = Config(), PRESETS["tiny"]
     for f in fields(Config):
-        if f.metadata["group"]:
-            group = p.add_argument_group(f.metadata["group"])
+        group = p.add_argument_group(f.metadata["group"]) if f.metadata["group"] else group
         default = getattr(defaults, f.name)
+        kind = _parse_bool if isinstance(default, bool) else type(default)
         shown = f"default {default}" + (f"; with --model tiny: {tiny[f.name]}" if f.name in tiny else "")
         choices = f"; choices: {', '.join(f.metadata['choices'])}" if f.metadata["choices"] else ""
-        kind = _parse_bool if isinstance(default, bool) else type(default)
         group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=argparse.SUPPRESS,
-                           metavar="{true,false}" if kind is _parse_bool else None,
-                           help=f"{f.metadata['help']} ({shown}{choices})")
+                           metavar="{true,false}" if kind is _parse_bool else None, help=f"{f.metadata['help']} ({shown}{choices})")
     args = vars(p.parse_args(argv))
     preset, method = args.pop("preset"), args.pop("method")
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
         if preset or method:
             raise ValueError("--preset and --method cannot be combined with --resume: a resumed run keeps its saved "
                              "config (override single settings with their flags)")
-        base = read_checkpoint(args["resume"])["config"]
-    else:
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        if method is not None and method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        if preset is None and args.get("model", defaults.model) == "tiny":
-            preset = "tiny"
-        base = {**asdict(defaults), **PRESETS.get(preset, {}), **METHODS[method or "mtgrpo"]}
-    return Config(**{**base, **args})
+        return Config(**{**read_checkpoint(args["resume"])["config"], **args})
+    for flag, value, allowed in (("--preset", preset, PRESETS), ("--method", method, METHODS)):
+        if value not in (None, *allowed):
+            raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    if preset is None and args.get("model", defaults.model) == "tiny":
+        preset = "tiny"
+    return Config(**{**asdict(defaults), **PRESETS.get(preset, {}), **METHODS[method or "mtgrpo"], **args})
 
 def main(argv: list[str] | None = None) -> int:
     try:
@@ -1091,7 +845,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -588,7 +588,19 @@ def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
 
 
 # -----------------------------------------------------------------------------
-# The trainer's view: the tiny model the toy tasks are for, and tokenized splits
+# What the trainer loads: the model and tokenizer (the tiny one for the toy tasks), tokenized splits, stop ids
+
+
+def check_task_list(tasks: str) -> None:
+    """Reject a --tasks value naming an unknown task or a missing file, or naming none, with one line."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks is empty: give a comma-separated list of task names or .jsonl files")
+    for name in names:
+        if not (name in TASK_NAMES or name.endswith(".jsonl")):
+            raise ValueError(f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
+        if name.endswith(".jsonl") and not os.path.isfile(name):
+            raise ValueError(f"--tasks: task file {name} does not exist")
 
 
 def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
@@ -614,6 +626,48 @@ def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def load_pretrained(name: str, seed: int = 0):
+    """(model, tokenizer) by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a local
+    directory alike; "tiny" is built first from `seed`. Weights in fp32. Errors name the way out."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    if name == "tiny":
+        with tempfile.TemporaryDirectory() as d:
+            return load_pretrained(build_tiny_model(d, seed=seed))
+    path = os.path.expanduser(name)
+    if name.startswith((".", "/", "~")) and not os.path.isdir(path):
+        raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "
+                         "a hub name like Qwen/Qwen2.5-0.5B, or --model tiny")
+    if not (os.path.isdir(path) or "/" in path):
+        if not path.lower().startswith("qwen"):
+            raise ValueError(f"--model {name!r} is neither a local directory nor a hub name 'org/name'; "
+                             "pass e.g. Qwen/Qwen2.5-0.5B, a local path, or --model tiny")
+        path = f"Qwen/{path}"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        # transformers 5 forces Qwen2Tokenizer for model type qwen2, which mangles a plain fast tokenizer
+        # (the tiny one loses its spaces): load by the class the tokenizer was saved as.
+        cls, cfg_file = AutoTokenizer, os.path.join(path, "tokenizer_config.json")
+        if os.path.isfile(cfg_file) and json.load(open(cfg_file)).get("tokenizer_class") in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+            cls = PreTrainedTokenizerFast
+        tokenizer = cls.from_pretrained(path, padding_side="left")
+    except OSError as e:
+        raise ValueError(f"could not load model {path!r} ({str(e).splitlines()[0]}). Without network access, pass a "
+                         "local directory holding a saved model (--model /path/to/model) or use --model tiny") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the generation config may list several (Qwen instruct: 2)."""
+    ids = model.generation_config.eos_token_id
+    return sorted(set(([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]) - {None})
 
 
 def tokenize_tasks(tasks: str, tokenizer, n_train: int, n_test: int, seed: int, max_prompt_len: int,
