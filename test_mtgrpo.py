@@ -469,6 +469,19 @@ def test_acceptance_aware_inflation_lowers_rounds():
     assert mean_rounds[True] < mean_rounds[False] - 0.3, mean_rounds
 
 
+def test_inflation_is_capped_at_m_acc():
+    """Alg. 2 line 2: m_k = min(1 / (1 - rho_k), M_acc). With z uniform and rho = (0.9, 0, 0) the first round draws
+    by zhat = z m / sum(z m) with m = (5, 1, 1) under M_acc = 5, i.e. task 0 gets 5/7 = 0.714 of it (uncapped:
+    10/12 = 0.833). Over S = 200 rounds of M_os B = 96 prompts the mean share has a std of at most
+    sqrt(0.25 / 19200) = 0.0036; we allow 4 std."""
+    rng, S = np.random.default_rng(6), 200
+    keep_all = lambda counts: ([[k] * int(c) for k, c in enumerate(counts)], None)  # noqa: E731
+    first = [M.rp_sample(np.ones(3) / 3, 32, keep_all, np.array([0.9, 0.0, 0.0]), rng, acc_cap=5.0).generated[0]
+             for _ in range(S)]
+    share = np.sum(first, axis=0)[0] / np.sum(first)
+    assert abs(share - 5 / 7) < 4 * math.sqrt(0.25 / (96 * S)), share
+
+
 def test_filter_rate_ema_updates_every_generating_task():
     rho = M.update_filter_rates(np.array([0.5, 0.5, 0.5]), np.array([10, 4, 0]), np.array([10, 1, 0]), decay=0.9)
     # task 0: nothing filtered -> decays toward 0 (the released code would leave it at 0.5); task 2: no data
@@ -546,6 +559,16 @@ def test_every_method_runs_and_logs_consistent_metrics(tmp_path, method):
             assert r["z"] == pytest.approx([1 / 3] * 3)
         if method not in ("mtgrpo", "iwu"):
             assert r["I"] == [0.0] * 3
+    if method in ("mtgrpo", "iwu"):
+        # IWU descends (Subroutine 1, line 5). From xi_0 = 0, AdamW's first step is xi_1 = -lr g / (|g| + eps):
+        # each task's logit moves by -0.025 sign(g_k), so log z_next, centred, is -0.025 sign(g), centred.
+        first = train[0]
+        z, I, J = (np.array(first[k]) for k in ("z", "I", "J"))
+        s = I + cfg.lam * J
+        g = z * (s - z @ s)
+        step = -cfg.xi_lr * g / (np.abs(g) + 1e-8)
+        log_z = np.log(first["z_next"])
+        assert np.allclose(log_z - log_z.mean(), step - step.mean(), atol=2e-4), (log_z - log_z.mean(), step - step.mean())
     evals = [r for r in log if r["kind"] == "eval"]
     assert len(evals) == 1 and set(evals[0]["acc"]) == {"toy_copy", "toy_next", "toy_sum"}
     assert evals[0]["worst"] == min(evals[0]["acc"].values())

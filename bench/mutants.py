@@ -1,0 +1,104 @@
+"""
+How strong is the test suite? Apply single-point bugs ("mutants") to the method in mtgrpo.py, one at a time,
+and run the tests against each: a mutant the tests still pass on has "survived", and names a gap.
+
+Each mutant replaces one exact piece of mtgrpo.py's text (it must occur once; a mutant whose text is gone is
+reported STALE, so the list keeps up with the code). The copy under test lives in a temporary directory:
+the working tree is never touched.
+
+    python bench/mutants.py                    # every mutant against test_mtgrpo.py (~10-20 min on 2 cores)
+    python bench/mutants.py --only uncapped    # mutants whose name contains a word
+    python bench/mutants.py --list             # the mutants, not run
+Prints one line per mutant (KILLED by which test, SURVIVED, STALE) and the counts; exits 1 if any survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
+    ("advantage_no_centering", "return (rewards - rewards.mean(dim=1, keepdim=True)) /", "return rewards /"),
+    ("advantage_std_flipped", "keepdim=True, unbiased=unbiased)", "keepdim=True, unbiased=not unbiased)"),
+    ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
+    ("lenient_keeps_constant", "rewards.min(dim=1).values) > 1e-6", "rewards.min(dim=1).values) >= 0"),
+    ("mask_drops_first_eos", "eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()", "eos_before = torch.cumsum(is_eos, dim=1)"),
+    ("logprobs_times_temperature", "torch.float32)) / temperature  # bf16", "torch.float32)) * temperature  # bf16"),
+    ("surrogate_max_not_min", "return torch.minimum(ratio * a, torch.clamp(", "return torch.maximum(ratio * a, torch.clamp("),
+    ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
+    ("loss_sign_flipped", "loss = -total / max(float(count), 1.0)", "loss = total / max(float(count), 1.0)"),
+    ("loss_ignores_normalizer", "count = mask.sum() if normalizer is None else normalizer", "count = mask.sum()"),
+    ("objective_sum_not_mean", "return num / den.clamp(min=1.0)", "return num"),
+    ("improvement_reversed", "return (j_after - j_before).clamp(-clip, clip)", "return (j_before - j_after).clamp(-clip, clip)"),
+    ("improvement_unclipped", "return (j_after - j_before).clamp(-clip, clip)", "return j_after - j_before"),
+    ("iwu_minus_lambda", "s = improvement + lam * reward", "s = improvement - lam * reward"),
+    ("iwu_unweighted_mean", "return z * (s - (z * s).sum())", "return z * (s - s.mean())"),
+    ("l2_term_sign", "return z * (reward - (z * reward).sum()) + eta * xi", "return z * (reward - (z * reward).sum()) - eta * xi"),
+    ("rho_ema_swapped", "rho[gen] = decay * rho[gen] + (1 - decay) *", "rho[gen] = (1 - decay) * rho[gen] + decay *"),
+    ("inflation_uncapped", "m = 1.0 / np.maximum(1.0 - rho, 1.0 / acc_cap) if inflate", "m = 1.0 / (1.0 - rho) if inflate"),
+    ("resample_ignores_deficit", "p = deficit * m / (deficit * m).sum()", "p = z * m / (z * m).sum()"),
+    ("trim_sorted_by_task", "keep = rng.permutation(keep).tolist()", "keep = sorted(keep)"),
+    ("trim_one_over_target", "keep, rest, start = keep + idx[:n[k]].tolist(), rest + idx[n[k]:].tolist()",
+     "keep, rest, start = keep + idx[:n[k] + 1].tolist(), rest + idx[n[k] + 1:].tolist()"),
+    ("dynamic_keeps_all", "batch.groups, batch.tasks = [g for _, g in kept[:B]], [k for k, _ in kept[:B]]",
+     "batch.groups, batch.tasks = [g for _, g in kept], [k for k, _ in kept]"),
+    ("micro_batch_own_normalizer", "eps_low, eps_high, agg=loss_agg, normalizer=normalizer)", "eps_low, eps_high, agg=loss_agg, normalizer=None)"),
+    ("stale_pi_old", "None if j == 0 else old_logp[mb], micro_batch_size", "None, micro_batch_size"),
+    ("xi_adamw_ascends", "lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)", "lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay, maximize=True)"),
+    ("sec_times_temperature", "logits = np.asarray(q, dtype=np.float64) / temperature", "logits = np.asarray(q, dtype=np.float64) * temperature"),
+]
+
+
+def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[str, str, float]:
+    """-> (KILLED | SURVIVED | STALE | TIMEOUT, the first failing test, seconds)."""
+    source = open(os.path.join(ROOT, "mtgrpo.py")).read()
+    if source.count(old) != 1:
+        return "STALE", f"its text occurs {source.count(old)} times in mtgrpo.py", 0.0
+    with tempfile.TemporaryDirectory() as d:
+        for item in ("tasks.py", "verify.py", "test_mtgrpo.py", "test_tasks.py", "bench"):
+            src = os.path.join(ROOT, item)
+            (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))
+        with open(os.path.join(d, "mtgrpo.py"), "w") as f:
+            f.write(source.replace(old, new))
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=d,
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "TIMEOUT", f"over {timeout} s", time.perf_counter() - t
+        failed = re.findall(r"^FAILED (\S+)", p.stdout, re.M)
+        verdict = "SURVIVED" if p.returncode == 0 else "KILLED"
+        return verdict, (failed[0] if failed else p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""), time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--only", default="", help="run the mutants whose name contains this")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--tests", nargs="*", default=["test_mtgrpo.py"], help="pytest arguments (default: test_mtgrpo.py)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    a = ap.parse_args()
+    chosen = [m for m in MUTANTS if a.only in m[0]]
+    if a.list:
+        for name, old, new in chosen:
+            print(f"{name:28s} {old!r} -> {new!r}")
+        return 0
+    counts: dict[str, int] = {}
+    for name, old, new in chosen:
+        verdict, detail, seconds = run(name, old, new, a.tests, a.timeout)
+        counts[verdict] = counts.get(verdict, 0) + 1
+        print(f"{verdict:8s} {name:28s} {seconds:6.1f} s  {detail}", flush=True)
+    print(" | ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" | of {len(chosen)} mutants")
+    return 1 if counts.get("SURVIVED") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
