@@ -12,8 +12,10 @@ The paper used reasoning-gym's generators (Chen et al. 2025 released the data); 
 scratch to the same recipe, with no dependency: every Countdown target is confirmed reachable by an
 exact solver and every Zebra solution unique by a search solver, at generation time. Instance i of a
 task is drawn from its own RNG seeded by sha256(task, seed, i), so a (task, seed) gives the same bytes
-on any machine; the test split is the first n_test distinct instances and train the next n_train, so
-the two are disjoint and the test set does not change with n_train.
+on any machine; the test split is the first n_test distinct instances and train the next n_train that
+share nothing with test (for ARC-1D not even a test pair under other examples), so the two are disjoint
+and the test set does not change with n_train. An ARC-1D instance that a second rule also explains, with
+another test output, is drawn again.
 
     train, test = load_task("countdown_medium", n_train=1000, n_test=200, seed=0)
     text = make_prompt(train[0], style="r1")        # the released setup's wrapper (SPEC section 11)
@@ -425,21 +427,182 @@ ARC_RULES = (_rule_shift, _rule_rotate, _rule_mirror, _rule_recolor, _rule_swap_
              _rule_keep_largest, _rule_move_to_marker, _rule_duplicate)
 
 
+# Each rule's natural reading as a deterministic function of any row, for the ambiguity check: the
+# generators above draw their rows from narrow shapes, a solver sees only the rows. A reading returns
+# None where it is undefined (a block would leave the row, no single marker, a tie for largest, ...).
+# Blocks here are maximal runs of one nonzero color. Every rule is read, with every parameter its
+# generator draws, so every pair of rules is checked. Without the check, 24-27 of 9,600 instances
+# (seeds 0, 1, 2; 2,400 per level) had a second reading with another test output: keep_largest vs
+# denoise 22-23 (the smaller block one cell in every example), and at most once each shift vs gravity,
+# shift vs mirror, gravity vs rotate, move_to_marker vs gravity; none at very_hard.
+
+Reading = Callable[[Row], Row | None]
+
+
+def _runs(row: Row) -> list[tuple[int, int, int]]:
+    """(color, start, length) of each maximal run of one nonzero color."""
+    runs: list[tuple[int, int, int]] = []
+    for p, x in enumerate(row):
+        if x and runs and runs[-1][0] == x and runs[-1][1] + runs[-1][2] == p:
+            runs[-1] = (x, runs[-1][1], runs[-1][2] + 1)
+        elif x:
+            runs.append((x, p, 1))
+    return runs
+
+
+def _shift_row(row: Row, d: int) -> Row | None:
+    if any(row[-d:] if d > 0 else row[:-d]):   # a cell would leave the row
+        return None
+    return [0] * d + row[:-d] if d > 0 else row[-d:] + [0] * -d
+
+
+def _fill_span(row: Row) -> Row | None:
+    cells = [p for p, x in enumerate(row) if x]
+    if len(cells) < 2 or len({row[p] for p in cells}) > 1:
+        return None
+    return _paint(len(row), (row[cells[0]], cells[0], cells[-1] - cells[0] + 1))
+
+
+def _gravity_row(row: Row, to_right: bool) -> Row:
+    cells = [x for x in row if x]
+    pad = [0] * (len(row) - len(cells))
+    return pad + cells if to_right else cells + pad
+
+
+def _extend_row(row: Row, to_right: bool) -> Row | None:
+    runs = _runs(row)
+    if len(runs) != 1:
+        return None
+    c, s, L = runs[0]
+    return _paint(len(row), (c, s, len(row) - s) if to_right else (c, 0, s + L))
+
+
+def _hollow_row(row: Row) -> Row:
+    out = list(row)
+    for _, s, L in _runs(row):
+        out[s + 1:s + L - 1] = [0] * max(0, L - 2)
+    return out
+
+
+def _grow_row(row: Row) -> Row | None:
+    runs, n = _runs(row), len(row)
+    if not runs or runs[0][1] == 0 or runs[-1][1] + runs[-1][2] == n:   # a block at an edge
+        return None
+    if any(s2 - (s1 + L1) < 2 for (_, s1, L1), (_, s2, _) in zip(runs, runs[1:])):   # grown blocks would overlap
+        return None
+    return _paint(n, *[(c, s - 1, L + 2) for c, s, L in runs])
+
+
+def _shrink_row(row: Row) -> Row:   # blocks of 1 or 2 cells vanish
+    return _paint(len(row), *[(c, s + 1, L - 2) for c, s, L in _runs(row) if L > 2])
+
+
+def _denoise_row(row: Row) -> Row:   # drop cells with no nonzero neighbor
+    padded = [0] + row + [0]
+    return [x if padded[p] or padded[p + 2] else 0 for p, x in enumerate(row)]
+
+
+def _keep_largest_row(row: Row) -> Row | None:
+    runs = sorted(_runs(row), key=lambda r: r[2])
+    if not runs or (len(runs) > 1 and runs[-1][2] == runs[-2][2]):
+        return None
+    return _paint(len(row), runs[-1])
+
+
+def _move_to_marker_row(row: Row, marker: int) -> Row | None:
+    if row.count(marker) != 1:
+        return None
+    m = row.index(marker)
+    runs = _runs(row[:m])
+    if len(runs) != 1 or any(row[m + 1:]):
+        return None
+    c, _, L = runs[0]
+    out = _paint(len(row), (c, m - L, L))
+    out[m] = marker
+    return out
+
+
+def _duplicate_row(row: Row) -> Row | None:
+    runs = _runs(row)
+    if len(runs) != 1 or runs[0][1] + 2 * runs[0][2] + 1 > len(row):   # no room for the copy
+        return None
+    c, s, L = runs[0]
+    return _paint(len(row), (c, s, L), (c, s + L + 1, L))
+
+
+def _recolor_row(row: Row, a: int, b: int) -> Row:
+    return [b if x == a else x for x in row]
+
+
+def _swap_row(row: Row, a: int, b: int) -> Row:
+    return [b if x == a else a if x == b else x for x in row]
+
+
+# (rule, reading) for every parameter the generators draw; recolor and swap are in _color_readings
+ARC_READINGS: tuple[tuple[str, Reading], ...] = (
+    *[("shift", lambda r, d=d: _shift_row(r, d)) for d in (-3, -2, -1, 1, 2, 3)],
+    *[("rotate", lambda r, k=k: r[-k:] + r[:-k]) for k in (1, 2, 3)],
+    ("mirror", lambda r: r[::-1]),
+    ("fill_gap", _fill_span),
+    *[("gravity", lambda r, t=t: _gravity_row(r, t)) for t in (False, True)],
+    *[("extend", lambda r, t=t: _extend_row(r, t)) for t in (False, True)],
+    ("hollow", _hollow_row), ("grow", _grow_row), ("shrink", _shrink_row), ("denoise", _denoise_row),
+    ("keep_largest", _keep_largest_row),
+    *[("move_to_marker", lambda r, m=m: _move_to_marker_row(r, m)) for m in range(1, 10)],
+    ("duplicate", _duplicate_row),
+)
+
+
+def _color_readings(inp: Row, out: Row) -> list[tuple[str, Reading]]:
+    """The recolor and swap readings that can fit the pair (inp, out): its first changed cell x -> y fixes
+    their colors (recolor x -> y, swap x <-> y), so 2 candidates stand for all 108."""
+    x, y = next(((a, b) for a, b in zip(inp, out) if a != b), (0, 0))
+    if not x or not y:   # no color rule touches background
+        return []
+    return [("recolor", lambda r: _recolor_row(r, x, y)), ("swap_colors", lambda r: _swap_row(r, x, y))]
+
+
+def arc1d_readings_fitting(examples: list[tuple[Row, Row]]) -> list[tuple[str, Reading]]:
+    """Every (rule, reading) that maps each example input to its output (examples change their rows)."""
+    candidates = ARC_READINGS + tuple(_color_readings(*examples[0]))
+    return [(name, f) for name, f in candidates if all(f(a) == b for a, b in examples)]
+
+
+def arc1d_ambiguity(examples: list[tuple[Row, Row]], test_input: Row, answer: Row) -> str | None:
+    """The name of a rule that fits every example but gives test_input another output (the instance then
+    has two defensible answers), or None."""
+    for name, f in arc1d_readings_fitting(examples):
+        out = f(test_input)
+        if out is not None and out != answer:
+            return name
+    return None
+
+
 def _grid(row: Row) -> str:
     return " ".join(map(str, row))
 
 
-def _arc1d(rng: random.Random, level: str) -> tuple[str, str, dict]:
-    """Pick a rule, draw its parameters, then 3 example pairs and a test pair, all distinct and each
-    changed by the rule (an unchanged pair would not show it)."""
-    n = ARC_LENGTH[level]
-    rule = rng.choice(ARC_RULES)
-    pair = rule(rng, n)
+def _arc_pairs(pair: PairMaker, rng: random.Random) -> list[tuple[Row, Row]]:
+    """3 example pairs and a test pair, all distinct and each changed by the rule (an unchanged pair would
+    not show it)."""
     pairs: list[tuple[Row, Row]] = []
     while len(pairs) < 4:
         inp, out = pair(rng)
         if inp != out and all(inp != p for p, _ in pairs):
             pairs.append((inp, out))
+    return pairs
+
+
+def _arc1d(rng: random.Random, level: str) -> tuple[str, str, dict]:
+    """Pick a rule, then draw its parameters and the pairs; draw them again (same rule, so the mix of rules
+    stays uniform) while another rule's reading fits the examples but answers the test input differently:
+    such an instance has two defensible answers and marks one wrong (0.3% of instances, most of them
+    keep_largest examples whose smaller block is one cell, which denoise also explains)."""
+    n = ARC_LENGTH[level]
+    rule = rng.choice(ARC_RULES)
+    pairs = _arc_pairs(rule(rng, n), rng)
+    while arc1d_ambiguity(pairs[:3], *pairs[3]):
+        pairs = _arc_pairs(rule(rng, n), rng)
     shown = "\n\n".join(f"Example {i}:\nInput:  {_grid(a)}\nOutput: {_grid(b)}" for i, (a, b) in enumerate(pairs[:3], 1))
     question = (f"Find the rule that turns each input row into its output row in these examples.\n\n{shown}\n\n"
                 f"Apply the rule to this test input:\nInput:  {_grid(pairs[3][0])}\n"
@@ -483,6 +646,15 @@ def generate(name: str, rng: random.Random) -> Example:
     return Example(name, question, answer, verifier, info)
 
 
+def _arc_test_pair(ex: Example) -> tuple[str, str] | None:
+    """An ARC-1D instance's (test input, answer); None for other tasks. Small rows repeat: at 10 cells, 15%
+    of test items shared their pair with some of 1000 train items under other examples, so a model could
+    learn the test answer in training. load_task keeps such train items out."""
+    if not ex.task.startswith("arc1d_"):
+        return None
+    return ex.question.rsplit("Input:  ", 1)[1].split("\n", 1)[0], ex.answer
+
+
 def _check_sizes(n_train: int, n_test: int) -> None:
     if not 1 <= n_train <= MAX_TRAIN:
         raise ValueError(f"n_train must be in 1..{MAX_TRAIN}, got {n_train}")
@@ -492,7 +664,8 @@ def _check_sizes(n_train: int, n_test: int) -> None:
 
 def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """(train, test) examples of a built-in task or a .jsonl file. Deterministic in (name, seed); the test
-    split is drawn first, so it does not depend on n_train; the two splits share no question."""
+    split is drawn first, so it does not depend on n_train; the two splits share no question, and for
+    ARC-1D no (test input, answer) pair: train skips instances that repeat a test item's pair."""
     _check_sizes(n_train, n_test)
     if name.endswith(".jsonl"):
         return _load_jsonl(name, n_train, n_test, seed)
@@ -500,13 +673,17 @@ def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) 
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
     examples: list[Example] = []
     seen: set[str] = set()
+    test_pairs: set[tuple[str, str]] = set()
     i = 0
     while len(examples) < n_test + n_train:
         ex = generate(name, _instance_rng(name, seed, i))
         i += 1
-        if ex.question not in seen:
+        pair = _arc_test_pair(ex)
+        if ex.question not in seen and (len(examples) < n_test or pair not in test_pairs):
             seen.add(ex.question)
             examples.append(ex)
+            if pair and len(examples) <= n_test:
+                test_pairs.add(pair)
         if i > 20 * (n_test + n_train) + 1000:   # the toy tasks have finitely many distinct questions
             raise ValueError(f"task {name} has {len(examples)} distinct questions; n_train {n_train} + "
                              f"n_test {n_test} asks for more")

@@ -117,6 +117,59 @@ def test_arc_uses_many_rules():
     assert len(tasks.ARC_RULES) >= 12 and rules == {r.__name__[len("_rule_"):] for r in tasks.ARC_RULES}
 
 
+def _arc_rows(ex: Example) -> tuple[list[tuple[list[int], list[int]]], list[int], list[int]]:
+    """(examples, test input, answer) of an ARC-1D instance, read back from its text."""
+    lines = ex.question.splitlines()
+    ins = [[int(x) for x in line.split()[1:]] for line in lines if line.startswith("Input:")]
+    outs = [[int(x) for x in line.split()[1:]] for line in lines if line.startswith("Output:")]
+    return list(zip(ins[:3], outs)), ins[3], [int(x) for x in ex.answer.split()]
+
+
+@pytest.mark.parametrize("level", ["easy", "medium"])
+def test_arc_train_repeats_no_test_pair(level):
+    """The same test input and answer under other examples is the same question to answer; at seed 0,
+    without the filter, 30 of 200 easy and 10 of 200 medium test items had their pair in train."""
+    train, test = tasks.load_task(f"arc1d_{level}", n_train=1000, n_test=200, seed=0)
+    assert len(train) == 1000 and len(test) == 200
+
+    def pair(ex):
+        _, test_input, answer = _arc_rows(ex)
+        return tuple(test_input), tuple(answer)
+    shared = {pair(e) for e in train} & {pair(e) for e in test}
+    assert not shared, f"{len(shared)} test pairs occur in train"
+
+
+@pytest.mark.parametrize("level", tasks.LEVELS)
+def test_arc_instances_have_one_answer_and_fit_their_rule(level):
+    """No second rule fits the examples with another test output (unfiltered, instances 137 and 143 of
+    easy and 55 of medium, seed 0, were keep_largest rows that denoise also explains); and each
+    instance fits its own rule's reading, so the readings describe what the generators make."""
+    name = f"arc1d_{level}"
+    for i in range(300):
+        ex = tasks.generate(name, tasks._instance_rng(name, 0, i))
+        examples, test_input, answer = _arc_rows(ex)
+        assert tasks.arc1d_ambiguity(examples, test_input, answer) is None, (i, ex.info["rule"])
+        assert ex.info["rule"] in {rule for rule, _ in tasks.arc1d_readings_fitting(examples + [(test_input, answer)])}, i
+
+
+def test_arc_ambiguity_check_finds_a_second_rule():
+    """keep_largest examples whose smaller block is always one cell: denoise (drop cells with no nonzero
+    neighbor) explains them too, and the two disagree once the smaller test block has two cells."""
+    examples = [([3, 0, 0, 0, 0, 0, 5, 5, 5, 0], [0, 0, 0, 0, 0, 0, 5, 5, 5, 0]),
+                ([0, 0, 7, 7, 0, 0, 0, 1, 0, 0], [0, 0, 7, 7, 0, 0, 0, 0, 0, 0]),
+                ([2, 2, 2, 2, 0, 0, 0, 0, 6, 0], [2, 2, 2, 2, 0, 0, 0, 0, 0, 0])]
+    fitting = {rule for rule, _ in tasks.arc1d_readings_fitting(examples)}
+    assert {"keep_largest", "denoise"} <= fitting
+    test_input = [0, 8, 8, 0, 0, 0, 3, 3, 3, 0]
+    assert tasks.arc1d_ambiguity(examples, test_input, [0, 0, 0, 0, 0, 0, 3, 3, 3, 0]) == "denoise"
+    assert tasks.arc1d_ambiguity(examples, test_input, test_input) == "keep_largest"   # denoise's answer
+    single = [0, 8, 0, 0, 0, 0, 3, 3, 3, 0]   # a one-cell smaller block: both rules agree, one answer
+    assert tasks.arc1d_ambiguity(examples, single, [0, 0, 0, 0, 0, 0, 3, 3, 3, 0]) is None
+    recolor = [([0, 4, 4, 0, 4], [0, 6, 6, 0, 6])] * 3   # colors come from the examples, not a fixed list
+    assert {rule for rule, _ in tasks.arc1d_readings_fitting(recolor)} >= {"recolor", "swap_colors"}
+    assert tasks.arc1d_ambiguity(recolor, [4, 0, 6, 0, 0], [6, 0, 6, 0, 0]) == "swap_colors"
+
+
 # -----------------------------------------------------------------------------
 # Solvers
 
