@@ -1,5 +1,5 @@
 """
-Tasks for mtgrpo: the paper's three families (arXiv 2602.05547 Sec. 6, App. E; SPEC section 8) at four
+Tasks for mtgrpo: the paper's three families (arXiv 2602.05547 Sec. 6, App. E) at four
 difficulties each, toy tasks a tiny model learns on CPU, and bring-your-own tasks from JSONL.
 
     countdown_{easy,medium,hard,very_hard}   3/4/5/6 numbers in 1..100, reach an integer target in 1..1000
@@ -18,7 +18,7 @@ and the test set does not change with n_train. An ARC-1D instance that a second 
 another test output, is drawn again.
 
     train, test = load_task("countdown_medium", n_train=1000, n_test=200, seed=0)
-    text = make_prompt(train[0], style="r1")        # the released setup's wrapper (SPEC section 11)
+    text = make_prompt(train[0], style="r1")        # the released code's raw wrapper
 """
 
 from __future__ import annotations
@@ -750,7 +750,7 @@ R1_TEMPLATE = ("A conversation between User and Assistant. The user asks a quest
 
 
 def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
-    """The prompt text. "r1": the released setup's raw wrapper for base models (SPEC section 11); "chat":
+    """The prompt text. "r1": the released setup's raw wrapper for base models (the released code's); "chat":
     the tokenizer's chat template with the question as the user turn (instruct models); "plain": the
     question alone. Toy tasks are always plain: they are for a tiny model with a short context."""
     if style not in ("r1", "chat", "plain"):

@@ -506,7 +506,7 @@ def test_sampler_bad_arguments_name_the_argument(kwargs, name):
 
 
 # -----------------------------------------------------------------------------
-# Metrics (SPEC 9)
+# Metrics (Sec. 6)
 
 
 def test_metrics_hand_computed():

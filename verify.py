@@ -1,5 +1,5 @@
 """
-Answer checking and rewards for mtgrpo (arXiv 2602.05547, SPEC section 1): a completion earns
+Answer checking and rewards for mtgrpo (arXiv 2602.05547, Sec. 6 and App. E): a completion earns
 1.0 when its answer is correct, 0.1 when it gives a well-formatted but wrong answer, 0.0 otherwise.
 Accuracy counts only 1.0 (format credit never counts).
 
@@ -214,7 +214,7 @@ def _toy_reward(completion: str, ex) -> float:
 
 
 def reward(completion: str, ex, box_rule: str = "last") -> float:
-    """SPEC section 1: 1.0 correct, 0.1 a boxed but wrong answer, 0.0 no (closed, non-empty) box.
+    """The paper's reward: 1.0 correct, 0.1 a boxed but wrong answer, 0.0 no (closed, non-empty) box.
     `ex` is a tasks.Example; its `verifier` picks the check. Never raises on any completion string."""
     if ex.verifier == "toy":
         return _toy_reward(completion, ex)
