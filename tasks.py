@@ -713,8 +713,9 @@ def _load_jsonl(path: str, n_train: int, n_test: int, seed: int) -> tuple[list[E
             try:
                 obj = json.loads(line)
                 prompt, answer, verifier = obj["prompt"], obj["answer"], obj["verifier"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: need a JSON object with \"prompt\", \"answer\" and \"verifier\" ({e})") from None
+            except (json.JSONDecodeError, KeyError, TypeError) as e:  # JSON's own position would be a second line number
+                why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
+                raise ValueError(f"{path}:{lineno}: need a JSON object with \"prompt\", \"answer\" and \"verifier\" ({why})") from None
             info, split = obj.get("info", {}), obj.get("split")
             try:
                 check_info(verifier, info)
@@ -768,11 +769,29 @@ def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
 # What the trainer loads: the model and tokenizer (the tiny one for the toy tasks), tokenized splits, stop ids
 
 
+TASK_INFO = {  # one line per built-in family, for --list-tasks
+    "countdown": "reach the target with + - * / on the given numbers, each used once (3/4/5/6 numbers)",
+    "zebra": "who lives in house 1? a logic grid of 3x3/4x4/5x5/6x6 people and attributes",
+    "arc1d": "apply the rule shown by 3 examples to a row of 10/20/30/40 cells",
+    "toy": "one-character answers for the tiny CPU model: last letter, next letter, (a + b) mod 10",
+}
+
+
+def describe_tasks() -> str:
+    """The built-in tasks, a line each (mtgrpo.py --list-tasks)."""
+    lines = [f"{family + '_{' + ','.join(LEVELS) + '}':38s} {TASK_INFO[family]}" for family in ("countdown", "zebra", "arc1d")]
+    lines.append(f"{','.join(TOY_TASKS):38s} {TASK_INFO['toy']}")
+    return "\n".join(lines + ["path/to/file.jsonl                     your own: one {\"prompt\", \"answer\", \"verifier\"} object per line"])
+
+
 def check_task_list(tasks: str) -> None:
-    """Reject a --tasks value naming an unknown task or a missing file, or naming none, with one line."""
+    """Reject a --tasks value naming an unknown task, a missing file, a task twice, or none, with one line."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ValueError("--tasks is empty: give a comma-separated list of task names or .jsonl files")
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"--tasks names {', '.join(twice)} more than once; each task gets one weight, so list it once")
     for name in names:
         if not (name in TASK_NAMES or name.endswith(".jsonl")):
             raise ValueError(f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")

@@ -312,6 +312,15 @@ def test_iwu_one_sgd_step_hand_computed():
     assert torch.softmax(xi.detach(), 0).argmax() == 1  # lowest s (low reward, no improvement) gains most
 
 
+def test_iwu_centres_on_the_z_weighted_mean():
+    """g_k = z_k (s_k - sum_j z_j s_j): the mean is z-weighted, which only shows once z is not uniform.
+    z = (.5, .3, .2), s = J = (.2, .5, .8): z.s = .41, g = (.5 (-.21), .3 (.09), .2 (.39)) = (-.105, .027, .078);
+    an unweighted mean (.5) would give (-.15, 0, .06)."""
+    g = M.iwu_gradient(torch.tensor([0.5, 0.3, 0.2]), torch.zeros(3), torch.tensor([0.2, 0.5, 0.8]), lam=1.0)
+    assert torch.allclose(g, torch.tensor([-0.105, 0.027, 0.078]))
+    assert abs(float(g @ torch.ones(3)) - 0.0) < 1e-7  # sum_k g_k = sum z s - (sum z) z.s = 0: xi's sum is kept
+
+
 def test_subroutine2_one_step_hand_computed():
     xi = torch.tensor([1.0, 0.0])
     z = torch.softmax(xi, 0)                               # [e/(e+1), 1/(e+1)] = [0.7311, 0.2689]
