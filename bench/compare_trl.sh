@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Workload W1 side by side: TRL's GRPOTrainer (../shared/bench/trl_peer.py, in its own venv) and our
+# Workload W1 (bench/README.md) side by side: TRL's GRPOTrainer (bench/trl_peer.py, in its own venv) and our
 # trainer (bench/w1.py), run alternately RUNS times each (default 3; which side goes first alternates
 # too), back to back so both see the same machine. Prints each run's six figures, then ours/TRL for the
 # step time (median over runs of each run's median) and for peak RSS, against the targets: step <= 0.8x
@@ -8,7 +8,7 @@
 #   bash bench/compare_trl.sh                 # from the repo root; RUNS=5 bash bench/compare_trl.sh
 #   OURS_ARGS="--micro-batch-size 64" bash bench/compare_trl.sh   # time a variant of ours
 #
-# Each side runs in its own venv, created on first use: TRL's as ../shared/bench/README.md says, ours
+# Each side runs in its own venv, created on first use: TRL's as bench/README.md says, ours
 # with exactly what CI installs (torch==2.13.0 -r requirements.txt). Peak RSS includes every module
 # the process imports, so neither side may see packages the other lacks (scipy, pulled in by
 # transformers when present, alone adds ~40 MB). Extra arguments (--steps, --threads) go to both.
@@ -31,7 +31,7 @@ OUT=$(mktemp -d /tmp/compare_trl.XXXX)
 run() {  # run IMPL I: one benchmark run, its figures to $OUT/IMPL.I; a failure names its log and stops
   local impl=$1 i=$2 rc=0
   if [ "$impl" = trl ]; then
-    "$VENV/bin/python" ../shared/bench/trl_peer.py "${ARGS[@]}" > "$OUT/trl.$i" 2> "$OUT/trl.$i.err" || rc=$?
+    "$VENV/bin/python" bench/trl_peer.py "${ARGS[@]}" > "$OUT/trl.$i" 2> "$OUT/trl.$i.err" || rc=$?
   else
     "$VENV_OURS/bin/python" bench/w1.py $OURS_ARGS "${ARGS[@]}" > "$OUT/ours.$i" 2> "$OUT/ours.$i.err" || rc=$?
   fi

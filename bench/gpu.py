@@ -19,16 +19,17 @@ step split (generation / old log-probs / update / I_k pass / sampler + batch ass
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+from common import suppress_tokens  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                   intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768)
@@ -44,6 +45,12 @@ def build_model(shape: dict, device: torch.device):
     model = Qwen2ForCausalLM(cfg).float().to(device)  # fp32 master weights; bf16 comes from autocast
     model.train()
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """HF gradient checkpointing, as mtgrpo.load_model(grad_checkpointing=True) turns it on."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.2x renamed the method
+    enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
 
 
 def update_flops(shape: dict, n_params: int, tokens: int, ctx: int) -> float:
@@ -78,9 +85,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(shape, device)
     if a.grad_checkpointing:
-        M.enable_checkpointing(model)
+        enable_checkpointing(model)
     n_params = sum(p.numel() for p in model.parameters())
-    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    pad_id, eos_ids = 0, [1]
     cfg = M.Config(batch_size=a.prompts, num_rollouts=a.rollouts, max_response_len=a.response_len,
                    gen_batch_size=a.gen_batch_size, micro_batch_size=a.micro_batch_size, minibatch_size=a.minibatch_size)
     K, B, N = 3, a.prompts, a.rollouts
@@ -88,6 +95,7 @@ def main() -> None:
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho = np.random.default_rng(0), np.zeros(K)
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     print(f"model: {n_params / 1e6:.1f}M params, {'smoke shape' if a.smoke else 'Qwen2.5-0.5B shape'}, on {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
 
@@ -100,35 +108,41 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t0 = time.perf_counter()
-        gen = {"tokens": 0, "responses": 0, "seconds": 0.0}
 
-        def sample_round(counts):
+        def sample_round(counts):  # -> (survivors per task, this round's generation figures)
             sync()
             t = time.perf_counter()
             prompts = [torch.randint(2, shape["vocab_size"], (a.prompt_len,)).tolist() for _ in range(int(counts.sum()))]
-            outs = M.generate(model, tok, prompts, N, cfg, [1], a.response_len, suppress_tokens=[0, 1])
+            with suppress_tokens(model, [pad_id, *eos_ids]):  # every response is exactly --response-len tokens
+                outs = M.generate(model, prompts, N, max_new_tokens=a.response_len, pad_id=pad_id, eos_ids=eos_ids,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
             sync()
-            gen["seconds"] += time.perf_counter() - t
-            gen["tokens"] += sum(int(m.sum()) for _, m in outs)
-            gen["responses"] += N * len(outs)
+            figures = {"seconds": time.perf_counter() - t, "tokens": sum(int(m.sum()) for _, m in outs),
+                       "responses": N * len(outs)}
             labels = np.repeat(np.arange(K), counts)
             groups = [[] for _ in range(K)]
             for k, p_ids, (resp, mask) in zip(labels, prompts, outs):
                 r = torch.from_numpy((rng.random(N) < 0.5).astype(np.float32))  # coin flips: nearly all groups survive
                 if M.zero_gradient_keep(r[None])[0]:
                     groups[k].append(M.Group(int(k), p_ids, resp, mask, r))
-            return groups
+            return groups, figures
 
         z = M.task_weights("iwu", xi, np.zeros(K), cfg.sec_temperature)
         batch = M.rp_sample(z, B, sample_round, rho, rng, os_factor=a.os_factor)
         rho = batch.rho
+        gen = {f: sum(s[f] for s in batch.stats) for f in ("seconds", "tokens", "responses")}
         sync()
         t_sampled = time.perf_counter()
         # the trainer's own update: old log-probs -> minibatch updates -> I_k pass (its timings end in
         # host copies, which wait for the GPU)
-        upd, improvement, rows = M.policy_update(model, opt, batch.groups, cfg, 0.28, 0, K, measure_improvement=True)
+        upd, improvement, rows = M.policy_update(
+            logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size,
+            micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
+            grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
+            measure_improvement=True)
         t_updated = time.perf_counter()
-        M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), cfg)   # random J: IWU's cost, not its values
+        # random J: IWU's cost, not its values
+        M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), "iwu", cfg.lam, cfg.eta)
         t_end = time.perf_counter()
         t_old, t_upd, t_imp = upd["seconds_old_logp"], upd["seconds_update"], upd["seconds_improvement"]
 

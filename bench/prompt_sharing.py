@@ -2,14 +2,15 @@
 
 GRPO scores N responses per prompt. Run row by row, every prompt token is computed N times: in the
 generate() prefill (HF's num_return_sequences copies the prompt N times) and in every log-prob pass.
-`mtgrpo.generate` and `mtgrpo.policy_logprobs` run each distinct prompt once and let its rows attend
-to its cache. This script times both ways in the same run, alternating, on the tiny Qwen2 of
-`build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
+`mtgrpo.generate` and `mtgrpo.shared_prompt_logprobs` run each distinct prompt once and let its rows
+attend to its cache. This script times both ways in the same run, alternating, on the tiny Qwen2 of
+`tasks.build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
 Zebra, ~800 for ARC-1D), N = 8, 8 prompts, responses of --response-len tokens:
 
-  - generation: `mtgrpo.generate` vs HF generate() with num_return_sequences=N (same sampling settings);
-  - update: forward + backward of `policy_logprobs` over micro-batches of 8 rows (one group each),
-    share_prompts=True vs False.
+  - generation: `mtgrpo.generate` vs HF generate() with num_return_sequences=N (same sampling settings;
+    <pad> and EOS suppressed on both sides, so every response has --response-len tokens);
+  - update: forward + backward over micro-batches of 8 rows (one group each), of
+    `mtgrpo.shared_prompt_logprobs` vs the row-by-row `mtgrpo.policy_logprobs`.
 
     python3 bench/prompt_sharing.py             # --response-len 128 --repeats 3 --threads 2
 
@@ -26,14 +27,15 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
-from tasks import load_task, make_prompt  # noqa: E402
+from common import suppress_tokens  # noqa: E402
+from tasks import build_tiny_model, load_task, make_prompt  # noqa: E402
 
 N, PROMPTS, MICRO = 8, 8, 8
 
 
 def timed_alternately(first, second, repeats: int) -> tuple[float, float]:
     """Median seconds of each of two functions, run in turn (ABAB...) after one warm-up each, so drift of
-    a shared host hits both alike."""
+    a busy host hits both alike."""
     first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
@@ -52,12 +54,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model, tok = M.load_model(M.build_tiny_model("/tmp/mtgrpo_tiny_model"), torch.device("cpu"))
-    # The tiny model says 512 positions (W1's shape), but RoPE has no position table: longer prompts
-    # compute the same way, and raising the label only silences generate()'s length reminder.
+    model, tok = M.load_model(build_tiny_model("/tmp/mtgrpo_tiny_model"), torch.device("cpu"))
+    # The tiny model says 512 positions (workload W1's shape, bench/README.md), but RoPE has no position
+    # table: longer prompts compute the same way, and raising the label only silences generate()'s length
+    # reminder.
     model.config.max_position_embeddings = tok.model_max_length = 4096
     pad, T = tok.pad_token_id, a.response_len
-    cfg = M.Config(gen_batch_size=PROMPTS * N, max_response_len=T)
     print(f"tiny Qwen2, {torch.get_num_threads()} threads, {PROMPTS} prompts x N={N}, {T}-token responses, "
           f"median of {a.repeats}")
 
@@ -67,7 +69,9 @@ def main() -> None:
         P = round(statistics.mean(len(p) for p in prompts))
 
         def gen_shared():
-            M.generate(model, tok, prompts, N, cfg, [tok.eos_token_id], T, suppress_tokens=[pad, tok.eos_token_id])
+            with suppress_tokens(model, [pad, tok.eos_token_id]):
+                M.generate(model, prompts, N, max_new_tokens=T, pad_id=pad, eos_ids=[tok.eos_token_id],
+                           temperature=1.0, top_p=1.0, gen_batch_size=PROMPTS * N)
 
         def gen_rows():  # the peer: HF generate's own num_return_sequences
             ids, att = M.left_pad(prompts, pad)
@@ -82,10 +86,10 @@ def main() -> None:
         responses = torch.randint(2, len(tok), (len(rows), T), generator=torch.Generator().manual_seed(0))
 
         def update(share: bool):
+            logprobs = M.shared_prompt_logprobs if share else M.policy_logprobs
             model.zero_grad(set_to_none=True)
             for i in range(0, len(rows), MICRO):
-                M.policy_logprobs(model, rows[i:i + MICRO], responses[i:i + MICRO], pad, 1.0,
-                                  share_prompts=share).sum().backward()
+                logprobs(model, rows[i:i + MICRO], responses[i:i + MICRO], pad, 1.0).sum().backward()
 
         for phase, shared, row_by_row in (("generation", gen_shared, gen_rows),
                                           ("update", lambda: update(True), lambda: update(False))):

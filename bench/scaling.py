@@ -1,14 +1,15 @@
 """How one MT-GRPO step of our trainer scales on CPU: step time versus the rollouts per prompt N
 (4, 8, 16; responses of 64 tokens) and versus the response length T (64, 128, 256; N = 8).
 
-The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `build_tiny_model`:
+The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `tasks.build_tiny_model`:
 task weights z -> RP sampler (Algorithm 2: `mtgrpo.generate` + scoring + strict filter) -> old
 log-probs -> minibatch GRPO updates -> I_k pass (`policy_update`) -> IWU (`update_task_weights`).
 B = 8 prompts ("Solve: a+b=" with 3 task labels), Config defaults otherwise: M_os = 3, so a round
 generates 24 prompts x N rollouts and the sampler trims the survivors to B; minibatches of 4 prompts
-(two updates); micro-batches of 8 rows. Lengths are fixed as in W1 (<pad> and EOS suppressed). A random
-model never earns a reward, so each group gets random 0/1 rewards with at least one of each: every group
-survives the filter, and a second round happens only when a task drew fewer prompts than its target.
+(two updates); micro-batches of 8 rows. Lengths are fixed as in workload W1 (bench/README.md): <pad> and
+EOS are suppressed (bench/common.py). A random model never earns a reward, so each group gets random 0/1
+rewards with at least one of each: every group survives the filter, and a second round happens only when
+a task drew fewer prompts than its target.
 
     python3 bench/scaling.py                 # --steps 4 (first is warm-up) --threads 2
 
@@ -16,6 +17,7 @@ Prints a markdown table (medians over the timed steps) under the command and the
 """
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -28,7 +30,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
-from w1 import w1_prompts  # noqa: E402
+from common import suppress_tokens  # noqa: E402
+from tasks import build_tiny_model  # noqa: E402
+from trl_peer import w1_prompts  # noqa: E402
 
 B, K = 8, 3  # prompts per step, task labels
 
@@ -45,31 +49,39 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho, J = np.random.default_rng(seed), np.zeros(K), torch.zeros(K)
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id, temperature=cfg.temperature)
     pool = [tok(p, add_special_tokens=False)["input_ids"] for p in w1_prompts(1000)]
     suppress = [tok.pad_token_id, tok.eos_token_id]  # fixed lengths: every response is T tokens
     out = []
     for step in range(steps):
         gen_s = 0.0
 
-        def sample_round(counts: np.ndarray) -> list[list[M.Group]]:
+        def sample_round(counts: np.ndarray) -> tuple[list[list[M.Group]], None]:
             nonlocal gen_s
             t = time.perf_counter()
             ids = [pool[i] for i in rng.choice(len(pool), int(counts.sum()), replace=False)]
-            outs = M.generate(model, tok, ids, N, cfg, [tok.eos_token_id], T, suppress_tokens=suppress)
+            with suppress_tokens(model, suppress):
+                outs = M.generate(model, ids, N, max_new_tokens=T, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+                                  temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
             gen_s += time.perf_counter() - t
             groups: list[list[M.Group]] = [[] for _ in range(K)]
             for k, p, (resp, mask) in zip(np.repeat(np.arange(K), counts), ids, outs):
                 r = torch.from_numpy(rng.permutation([1.0, 0.0] + list(rng.integers(0, 2, N - 2)))).float()
                 if M.zero_gradient_keep(r[None], "strict")[0]:
                     groups[k].append(M.Group(int(k), p, resp, mask, r))
-            return groups
+            return groups, None
 
         t0 = time.perf_counter()
         z = M.task_weights("iwu", xi, np.zeros(K), cfg.sec_temperature)
-        batch = M.sample_batch("rp", z, sample_round, rho, rng, cfg)
+        batch = M.rp_sample(z, B, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.acc_cap,
+                            cfg.rho_decay, cfg.inflate)
         rho = batch.rho
-        upd, improvement, _ = M.policy_update(model, opt, batch.groups, cfg, 0.28, tok.pad_token_id, K, True)
-        M.update_task_weights(xi, xi_opt, improvement, J, cfg)
+        upd, improvement, _ = M.policy_update(
+            logprobs, opt, batch.groups, K, pad_id=tok.pad_token_id, minibatch_size=cfg.minibatch_size,
+            micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
+            grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
+            measure_improvement=True)
+        M.update_task_weights(xi, xi_opt, improvement, J, "iwu", cfg.lam, cfg.eta)
         total = time.perf_counter() - t0
         assert len(batch.groups) == B
         prompts_generated = sum(map(sum, batch.generated))
@@ -89,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        model, tok = M.load_model(M.build_tiny_model(d), torch.device("cpu"))
+        model, tok = M.load_model(build_tiny_model(d), torch.device("cpu"))
     settings = [(4, 64), (8, 64), (16, 64), (8, 128), (8, 256)]  # (N, T)
     print(f"`python3 bench/{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])}`".replace(" `", "`"))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "

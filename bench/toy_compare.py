@@ -50,16 +50,18 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import mtgrpo  # noqa: E402
 import plot  # noqa: E402
+from metrics import average_relative_change, steps_to_threshold  # noqa: E402
 
 LAM_LO, LAM_HI = 0.2, 1.0
+METHODS = mtgrpo.METHODS  # method name -> its Config fields (sampler, weighting, filter, eps_high)
 VARIANTS = {  # run-directory prefix -> Config overrides
-    "grpo": dict(method="grpo"),
-    "dapo": dict(method="dapo"),
-    f"iwu_lam{LAM_HI}": dict(method="iwu", lam=LAM_HI),
-    "rps": dict(method="rps"),
-    f"mtgrpo_lam{LAM_LO}": dict(method="mtgrpo", lam=LAM_LO),
-    f"mtgrpo_lam{LAM_HI}": dict(method="mtgrpo", lam=LAM_HI),
-    f"mtgrpo_lam{LAM_LO}_noaas": dict(method="mtgrpo", lam=LAM_LO, inflate=False),
+    "grpo": dict(METHODS["grpo"]),
+    "dapo": dict(METHODS["dapo"]),
+    f"iwu_lam{LAM_HI}": dict(METHODS["iwu"], lam=LAM_HI),
+    "rps": dict(METHODS["rps"]),
+    f"mtgrpo_lam{LAM_LO}": dict(METHODS["mtgrpo"], lam=LAM_LO),
+    f"mtgrpo_lam{LAM_HI}": dict(METHODS["mtgrpo"], lam=LAM_HI),
+    f"mtgrpo_lam{LAM_LO}_noaas": dict(METHODS["mtgrpo"], lam=LAM_LO, inflate=False),
 }
 FULL = dict(steps=60, eval_every=10, eval_prompts=64, eval_k=4)
 QUICK = dict(steps=4, eval_every=2, eval_prompts=16, eval_k=2)
@@ -102,7 +104,7 @@ def run_metrics(run: plot.Run, dapo: plot.Run, threshold: float) -> dict:
     """Final accuracies, relative change vs the same seed's DAPO, steps to threshold, sampling stats."""
     last = run.evals[-1]
     try:
-        rel = mtgrpo.average_relative_change(last["acc"], dapo.evals[-1]["acc"])
+        rel = average_relative_change(last["acc"], dapo.evals[-1]["acc"])
     except ValueError:  # DAPO scored 0 on every task: undefined
         rel = float("nan")
     used = [r for r in run.train if r["batch_groups"] > 0]
@@ -113,8 +115,8 @@ def run_metrics(run: plot.Run, dapo: plot.Run, threshold: float) -> dict:
     most = rho_used.argmax(1)                            # the task filtered most at each step
     steps = np.arange(len(used))
     return dict(seed=run.config["seed"], acc=last["acc"], worst=last["worst"], avg=last["avg"], rel_change=rel,
-                steps_to_threshold=mtgrpo.steps_to_threshold([e["step"] for e in run.evals],
-                                                             [e["worst"] for e in run.evals], threshold),
+                steps_to_threshold=steps_to_threshold([e["step"] for e in run.evals], [e["worst"] for e in run.evals],
+                                                      threshold),
                 share_dev=float(np.abs(share - z).mean()),          # per step, over tasks
                 share_gap=float(np.abs(share.mean(0) - z.mean(0)).mean()),  # time-averaged, over tasks
                 most_filtered_gap=float((share[steps, most] - z[steps, most]).mean()),  # claim (b)

@@ -1,17 +1,18 @@
-"""Workload W1 (see ../shared/bench/README.md) run by OUR trainer's functions, for the side-by-side with
-TRL's GRPOTrainer (../shared/bench/trl_peer.py).
+"""Workload W1 (defined in bench/README.md) run by OUR trainer's functions, for the side-by-side with
+TRL's GRPOTrainer (bench/trl_peer.py).
 
 W1: the tiny Qwen2 (505,088 params, fp32, char-level tokenizer without '\\n') from
-`mtgrpo.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
+`tasks.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
 "Solve: a+b=" (step i uses prompts 8i..8i+7) x 8 completions of exactly 64 tokens (<pad> and EOS
-suppressed), temperature 1.0, top_p 1.0; reward = fraction of 'a' characters; group advantages; one
-optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0), AdamW lr 1e-6 with betas
-(0.9, 0.999) (TRL's adamw_torch_fused; fused if this torch has it), grad clip 1.0. The prompts, reward,
-seeds and host-noise probes are imported from trl_peer.py, so both sides use the same definitions.
+suppressed: bench/common.py's suppress_tokens), temperature 1.0, top_p 1.0; reward = fraction of 'a'
+characters; group advantages; one optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0),
+AdamW lr 1e-6 with betas (0.9, 0.999) (TRL's adamw_torch_fused; fused if this torch has it), grad clip
+1.0. The prompts, reward, seeds and host-noise probes are imported from trl_peer.py, so both sides use
+the same definitions.
 
 A step is timed from prompt tokenisation to the end of optimizer.step: tokenise, `mtgrpo.generate`,
-decode + reward, `mtgrpo.flatten_groups` (advantages), `mtgrpo.grpo_update` (zero_grad, forward + loss,
-backward, clip, step). Step 1 is warm-up and left out of the median and min. Differences from TRL's
+decode + reward, `mtgrpo.flatten_groups` (advantages), `mtgrpo.grpo_update` (forward + loss, backward,
+clip, step, zero_grad). Step 1 is warm-up and left out of the median and min. Differences from TRL's
 step: no LR scheduler (TRL: linear decay, a few microseconds); advantages divide by std + 1e-6 (the
 paper's Eq. 11; TRL adds 1e-4); eps_high = eps_low = 0.2 as TRL.
 
@@ -22,6 +23,7 @@ The last six lines are the figures, `name value`, in trl_peer.py's order (`impl`
 """
 
 import argparse
+import functools
 import os
 import resource
 import statistics
@@ -32,13 +34,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
-
-PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench")
-try:  # W1's prompts, reward and the host-noise probes come from the peer script itself: one definition
-    sys.path.insert(0, PEER)
-    from trl_peer import W1, cpu_calibration_gflops, other_processes_cpu, read_busy_ticks, reward_frac_a, w1_prompts
-except ImportError:
-    sys.exit(f"error: bench/w1.py needs the peer benchmark's trl_peer.py in {os.path.normpath(PEER)}")
+from common import suppress_tokens  # noqa: E402
+from tasks import build_tiny_model, stop_token_ids  # noqa: E402
+# W1's prompts, reward and the host-noise probes come from the peer script itself (bench/trl_peer.py; it
+# imports TRL only inside its main): one definition for both sides
+from trl_peer import (W1, cpu_calibration_gflops, other_processes_cpu, read_busy_ticks,  # noqa: E402
+                      reward_frac_a, w1_prompts)
 
 PROMPTS, ROLLOUTS, TOKENS = W1["prompts_per_step"], W1["num_generations"], W1["completion_tokens"]  # 8 x 8 x 64
 
@@ -57,9 +58,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import transformers
 
-    model, tok = M.load_model(M.build_tiny_model(a.model_dir, newline=False, seed=0), torch.device("cpu"),
+    model, tok = M.load_model(build_tiny_model(a.model_dir, newline=False, seed=W1["model_seed"]), torch.device("cpu"),
                               a.grad_checkpointing)
-    pad_id, eos_ids = tok.pad_token_id, M.eos_token_ids(model, tok)
+    pad_id, eos_ids = tok.pad_token_id, stop_token_ids(model, tok)
     cfg = M.Config(batch_size=PROMPTS, num_rollouts=ROLLOUTS, max_response_len=TOKENS, temperature=1.0, top_p=1.0,
                    gen_batch_size=PROMPTS * ROLLOUTS, minibatch_size=PROMPTS, micro_batch_size=a.micro_batch_size,
                    lr=1e-6, grad_clip=1.0, eps_low=0.2, eps_high=0.2, loss_agg="token_mean")
@@ -69,6 +70,7 @@ def main() -> None:
     except (RuntimeError, TypeError):  # no fused kernel in this torch
         opt = torch.optim.AdamW(model.parameters(), **adamw)
     prompts = w1_prompts(PROMPTS * a.steps)
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     torch.manual_seed(W1["train_seed"])
     print(f"setup | params {sum(p.numel() for p in model.parameters()):,} | threads {torch.get_num_threads()} "
           f"| fused AdamW {opt.defaults.get('fused')} "
@@ -84,7 +86,9 @@ def main() -> None:
         t0 = time.perf_counter()
         batch = prompts[step * PROMPTS:(step + 1) * PROMPTS]
         ids = tok(batch, add_special_tokens=False)["input_ids"]
-        outs = M.generate(model, tok, ids, ROLLOUTS, cfg, eos_ids, TOKENS, suppress_tokens=[pad_id, tok.eos_token_id])
+        with suppress_tokens(model, [pad_id, tok.eos_token_id]):  # every completion is exactly TOKENS long
+            outs = M.generate(model, ids, ROLLOUTS, max_new_tokens=TOKENS, pad_id=pad_id, eos_ids=eos_ids,
+                              temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
         t1 = time.perf_counter()
         groups = []
         for p, (resp, mask) in zip(ids, outs):
@@ -93,7 +97,8 @@ def main() -> None:
             groups.append(M.Group(0, p, resp, mask, rewards))
         rows = M.flatten_groups(groups, unbiased=True, pad_id=pad_id)  # Eq. 11 advantages, (64,)
         t2 = time.perf_counter()
-        st, _ = M.grpo_update(model, opt, rows, list(range(len(rows.prompts))), None, cfg, cfg.eps_high, pad_id)
+        st, _ = M.grpo_update(logprobs, opt, rows, list(range(len(rows.prompts))), None, cfg.micro_batch_size,
+                              cfg.eps_low, cfg.eps_high, cfg.loss_agg, cfg.grad_clip)
         t3 = time.perf_counter()
         assert rows.responses.shape == (PROMPTS * ROLLOUTS, TOKENS) and bool(rows.mask.all())
         times.append(t3 - t0)
