@@ -491,6 +491,17 @@ def test_inflation_is_capped_at_m_acc():
     assert abs(share - 5 / 7) < 4 * math.sqrt(0.25 / (96 * S)), share
 
 
+def test_resampling_draws_only_tasks_in_deficit():
+    """Alg. 2 line 14: after the first round, prompts are drawn by deficit_k m_k only. Tasks 0 and 1 never get
+    filtered and task 2 always does, so once round 1 meets tasks 0 and 1's targets every later round's draws
+    must all be task 2's."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        b = M.rp_sample(np.ones(3) / 3, 16, _fake_round(rng, np.array([0.0, 0.0, 1.0])), np.zeros(3), rng, max_rounds=2)
+        if all(b.accepted[0][k] >= b.targets[k] for k in (0, 1)) and b.targets[2] > 0:
+            assert [g[:2] for g in b.generated[1:]] == [[0, 0]] * (b.rounds - 1), b.generated
+
+
 def test_filter_rate_ema_updates_every_generating_task():
     rho = M.update_filter_rates(np.array([0.5, 0.5, 0.5]), np.array([10, 4, 0]), np.array([10, 1, 0]), decay=0.9)
     # task 0: nothing filtered -> decays toward 0 (the released code would leave it at 0.5); task 2: no data
@@ -623,6 +634,22 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     assert torch.equal(no_grad * rows.mask, used * rows.mask)
     stats, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0
+
+
+def test_later_minibatches_use_the_pass_before_the_first_update(tiny_dir):
+    """pi_old of minibatches 2.. is theta_t's (one no-grad pass before any update), not the current weights':
+    after minibatch 1's step their ratio pi / pi_old moves off 1, while minibatch 1's is exactly 1."""
+    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    groups = [M.Group(0, tok(f"copy {c}:")["input_ids"], resp := torch.randint(2, 90, (4, 5), generator=g),
+                      M.response_mask(resp, [1]), torch.tensor([1.0, 0.0, 0.0, 1.0])) for c in "abcd"]
+    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    stats, _, _ = M.policy_update(logprobs, opt, groups, 1, pad_id=tok.pad_token_id, minibatch_size=1, micro_batch_size=4,
+                                  eps_low=0.2, eps_high=0.28, loss_agg="token_mean", grad_clip=1.0, unbiased=True,
+                                  improvement_clip=0.1, measure_improvement=False)
+    assert stats["updates"] == 4 and stats["ratio_first_update"] == 1.0
+    assert abs(stats["ratio_mean"] - 1.0) > 1e-3, stats  # minibatches 2..4 ran on moved weights
 
 
 def test_trains_on_a_jsonl_task_next_to_a_builtin_one(tmp_path):
