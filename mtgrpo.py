@@ -26,8 +26,11 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
@@ -280,8 +283,10 @@ class Config:
     steps: int = arg(200, "training steps (paper: 720)", "[1, inf)")
     seed: int = arg(0, "fixes the run: tiny model init, data, every sampling decision")
     out_dir: str = arg("out", "where log.jsonl and checkpoint-STEP/ go")
-    resume: str = arg("", "a checkpoint-STEP dir to continue from (its config comes back; flags still win)")
-    save_every: int = arg(0, "checkpoint every this many steps (0: only at the end)", "[0, inf)")
+    resume: str = arg("", "a run dir (its newest complete checkpoint) or a checkpoint-STEP dir; its config comes back")
+    overwrite: bool = arg(False, "clear another run's log and checkpoints from --out-dir instead of refusing to start")
+    save_every: int = arg(0, "checkpoint every this many steps (0: only at the end and on Ctrl-C / SIGTERM)", "[0, inf)")
+    keep_checkpoints: int = arg(2, "the newest complete checkpoints kept; older ones go once a new one is complete", "[1, inf)")
     eval_every: int = arg(25, "evaluate every this many steps (0: only at the end)", "[0, inf)")
     eval_k: int = arg(8, "samples per test prompt for mean@k (paper: 8)", "[1, inf)")
     eval_prompts: int = arg(200, "test prompts per task (paper: 200)", "[1, inf)")
@@ -522,6 +527,7 @@ class RoundStats:
     """What generation rounds saw before filtering: J_k and the generation figures come from here."""
     correct: np.ndarray        # (K,) rollouts with reward 1.0
     total: np.ndarray          # (K,) rollouts generated
+    reward: float = 0.0        # sum of rewards
     tokens: int = 0            # response tokens generated (up to EOS)
     seconds: float = 0.0       # generate + score + filter
 
@@ -537,6 +543,7 @@ def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Cal
     for (k, i), (resp, mask), r in zip(picks, outs, rewards):
         stats.correct[k] += float((r == 1.0).sum())
         stats.total[k] += len(r)
+        stats.reward += float(r.sum())
         stats.tokens += int(mask.sum())
         if zero_gradient_keep(r[None], filter_mode)[0]:
             survivors[k].append(Group(k, data[k][1][i], resp, mask, r))
@@ -552,25 +559,28 @@ class LoopState:
     sec_q: np.ndarray          # (K,) SEC learning progress
     step: int = 0              # steps done
 
-def train(cfg: Config) -> dict[str, Any]:
+def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
-    from tasks import stop_token_ids, tokenize_tasks
-    validate(cfg)
-    log_path = prepare_out_dir(cfg.out_dir)
+    from tasks import load_tasks, stop_token_ids, tokenize_tasks
+    validate(cfg)  # every input check comes before the model loads, and a failed start leaves no files
+    ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
+    if saved and saved["state"]["step"] >= cfg.steps:
+        print(f"{ckpt} is at step {saved['state']['step']} of --steps {cfg.steps}: the run is finished (raise --steps to go on)")
+        return {}
+    log_path, loaded = prepare_out_dir(cfg.out_dir, cfg.overwrite, ckpt), load_tasks(cfg.tasks, cfg.n_train, cfg.eval_prompts, cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # every sampling decision: tasks, prompts, trimming
-    model, tokenizer = load_model(cfg.resume or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
+    model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
     pad_id, eos_ids = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
-    names, train_sets, test_sets = tokenize_tasks(cfg.tasks, tokenizer, cfg.n_train, cfg.eval_prompts, cfg.seed,
-                                                 cfg.max_prompt_len, cfg.prompt_style)
+    names, train_sets, test_sets = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, cfg.prompt_style)
     K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     state = LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
     xi_opt = (torch.optim.AdamW([state.xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay) if cfg.xi_optimizer == "adamw"
               else torch.optim.SGD([state.xi], lr=cfg.xi_lr))
-    if cfg.resume:
-        load_checkpoint(cfg.resume, opt, xi_opt, state, rng, log_path)
+    if saved:
+        load_checkpoint(ckpt, saved, opt, xi_opt, state, rng, log_path)
     else:
         log(log_path, {"kind": "config", "method": method_name(cfg), **asdict(cfg)})
     sample = functools.partial(generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id, eos_ids=eos_ids,
@@ -582,7 +592,7 @@ def train(cfg: Config) -> dict[str, Any]:
           f"N={N} rollouts | M_os*B={int(round(cfg.os_factor * B))} prompts per round | {math.ceil(B / cfg.minibatch_size)} "
           f"updates/step | eps_high={cfg.eps_high} | filter={cfg.filter} | log {log_path}")  # derived sizes, once
 
-    last_eval: dict[str, Any] = {}
+    last_eval, stop, t_start, first = {}, stop if stop is not None else {}, time.perf_counter(), state.step
     for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         # 1) task weights z (line 2): IWU's softmax(xi), SEC's Boltzmann, or uniform
@@ -603,7 +613,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if cfg.weighting == "sec" and rows is not None:
             state.sec_q = update_sec_values(state.sec_q, rows, cfg.sec_decay)
         # 4) J_k = this step's pre-filter accuracy, then z <- IWU (line 6, Subroutine 1)
-        seen = RoundStats(*(sum(getattr(s, f) for s in batch.stats) for f in ("correct", "total", "tokens", "seconds")))
+        seen = RoundStats(*(sum(getattr(s, f.name) for s in batch.stats) for f in fields(RoundStats)))
         sampled = seen.total > 0
         state.J[torch.from_numpy(sampled)] = torch.from_numpy(seen.correct[sampled] / seen.total[sampled]).float()
         if cfg.weighting in ("iwu", "reward_l2"):
@@ -613,12 +623,16 @@ def train(cfg: Config) -> dict[str, Any]:
         z_next = task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
         rec = step_record(z, z_next, batch, seen, upd, state, improvement, time.perf_counter() - t0, sec=cfg.weighting == "sec")
         log(log_path, rec)
-        print(progress_line(rec, cfg.steps, sampled), flush=True)
+        print(progress_line(rec, cfg.steps, sampled, (time.perf_counter() - t_start) / (step - first) * (cfg.steps - step)), flush=True)
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             last_eval = evaluate(sample, score_, test_sets, names, cfg.eval_k, seed=cfg.seed + step, step=step)
             log(log_path, last_eval)
-        if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-            save_checkpoint(os.path.join(cfg.out_dir, f"checkpoint-{step}"), model, tokenizer, opt, xi_opt, state, rng, cfg, log_path)
+        if step == cfg.steps or stop or (cfg.save_every and step % cfg.save_every == 0):
+            ckpt = save_checkpoint(cfg.out_dir, model, tokenizer, opt, xi_opt, state, rng, asdict(cfg), log_path, cfg.keep_checkpoints)
+        if stop:  # Ctrl-C or SIGTERM (catch_signals): the step is done and saved
+            print(f"stopped after step {step}: checkpoint {ckpt}\nresume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
+            raise SystemExit(128 + stop["signum"])
+    print_summary(cfg.steps - first, time.perf_counter() - t_start, last_eval, cfg.eval_k, ckpt, cfg.out_dir)
     return last_eval
 
 # --- Logging and evaluation (Sec. 6 metrics) -------------------------------------------------------------------------
@@ -637,14 +651,23 @@ def step_record(z: np.ndarray, z_next: np.ndarray, batch: SampledBatch, seen: Ro
             "train_acc": (seen.correct / np.maximum(seen.total, 1)).tolist(), "rounds": batch.rounds,
             "generated": batch.generated, "accepted": batch.accepted,
             "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": used, **upd,
-            "response_len": seen.tokens / max(seen.total.sum(), 1), "seconds": seconds, "seconds_gen": seen.seconds,
+            "reward_mean": seen.reward / max(seen.total.sum(), 1), "response_len": seen.tokens / max(seen.total.sum(), 1),
+            "seconds": seconds, "seconds_gen": seen.seconds,
             **({"sec_q": state.sec_q.tolist()} if sec else {})}
 
-def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray) -> str:
+def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, eta: float) -> str:
     acc, fmt = np.array(rec["train_acc"])[sampled], lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
-    return (f"step {rec['step']}/{steps} | {rec['seconds']:.1f}s | train acc worst {acc.min() if len(acc) else 0:.2f} "
-            f"avg {acc.mean() if len(acc) else 0:.2f} | z {fmt(rec['z'])} | shares {fmt(rec['batch_shares'])} | "
-            f"rounds {rec['rounds']}" + (f" | loss {rec['loss']:.4f}" if "loss" in rec else " | no group survived: no update"))
+    return (f"step {rec['step']}/{steps} | {rec['seconds']:.1f}s, eta {time.strftime('%H:%M:%S', time.gmtime(eta))} | reward "
+            f"{rec['reward_mean']:.3f} | train acc worst {acc.min() if len(acc) else 0:.2f} avg {acc.mean() if len(acc) else 0:.2f}"
+            f" | z {fmt(rec['z'])} | shares {fmt(rec['batch_shares'])} | rounds {rec['rounds']}"
+            + (f" | loss {rec['loss']:+.2e}" if "loss" in rec else " | no group survived: no update"))
+
+def print_summary(steps: int, seconds: float, last_eval: dict[str, Any], k: int, ckpt: str, out_dir: str) -> None:
+    acc = last_eval["acc"]
+    print(f"\ndone: {steps} steps in {seconds / 60:.1f} min | log {os.path.join(out_dir, 'log.jsonl')}\n  test accuracy (mean@{k}): "
+          f"worst {last_eval['worst']:.3f} ({min(acc, key=acc.get)}) | average {last_eval['avg']:.3f} | "
+          + " ".join(f"{t} {v:.3f}" for t, v in acc.items()) + f"\n  checkpoint {ckpt} (train on: python mtgrpo.py --resume "
+          f"{out_dir} --steps MORE)\n  plots: python bench/plot.py {out_dir} --out {os.path.join(out_dir, 'plots')}", flush=True)
 
 def mean_at_k(correct: np.ndarray) -> float:
     """mean@k accuracy: correct (P, k) booleans for P test prompts x k samples -> their mean."""
@@ -671,6 +694,8 @@ def load_model(name: str, device: torch.device, grad_checkpointing: bool = False
     """The policy and its tokenizer (tasks.load_pretrained: a hub name, a local dir, or tiny), made ready to train.
     Master weights stay fp32: AdamW at lr 1e-6 on bf16 weights rounds most updates away; bf16 comes from autocast."""
     from tasks import load_pretrained
+    from transformers.utils import logging
+    logging.disable_progress_bar()  # HF's bars would cut through the step lines
     model, tokenizer = load_pretrained(name, seed)
     # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function, or the
     # first ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
@@ -695,46 +720,97 @@ def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], toke
                           tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)])
             for ex, (resp, mask) in zip(examples, outputs)]
 
-def prepare_out_dir(out_dir: str) -> str:
+def prepare_out_dir(out_dir: str, overwrite: bool, resumed: str) -> str:
+    """Check --out-dir before anything loads: writable, and holding no other run's log unless --overwrite (which
+    clears it) or it is the run being resumed. The log is first written once the model has loaded."""
     path = os.path.join(out_dir, "log.jsonl")
-    try:  # fail now, not after the model loaded
+    same_run = resumed and os.path.realpath(os.path.dirname(os.path.abspath(resumed))) == os.path.realpath(out_dir)
+    if os.path.isfile(path) and os.path.getsize(path) and not same_run:
+        if not overwrite:
+            raise ValueError(f"--out-dir {out_dir} holds another run (log.jsonl): continue it with --resume {out_dir}, "
+                             "replace it with --overwrite, or pass another --out-dir")
+        for old in (d for d in os.listdir(out_dir) if re.fullmatch(r"checkpoint-\d+(\.tmp)?", d)):
+            shutil.rmtree(os.path.join(out_dir, old))
+        os.remove(path)
+    try:
         os.makedirs(out_dir, exist_ok=True)
-        open(path, "w").close()
+        tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise ValueError(f"--out-dir {out_dir!r} is not writable ({e.strerror}); pass a writable directory") from None
     return path
 
-def save_checkpoint(path: str, model, tokenizer, opt, xi_opt, state: LoopState, rng: np.random.Generator, cfg: Config,
-                    log_path: str) -> None:
-    """All a resumed run needs to go on bit for bit: weights, optimizers, loop state, RNGs, config, the log."""
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def checkpoints(run_dir: str) -> list[str]:
+    """A run's complete checkpoint-STEP directories, oldest first (a write cut short leaves only a .tmp sibling)."""
+    names = [d for d in (os.listdir(run_dir) if os.path.isdir(run_dir) else []) if re.fullmatch(r"checkpoint-\d+", d)]
+    return [os.path.join(run_dir, d) for d in sorted(names, key=lambda d: int(d.split("-")[1]))]
+
+def save_checkpoint(out_dir: str, model, tokenizer, opt, xi_opt, state: LoopState, rng: np.random.Generator, config: dict,
+                    log_path: str, keep: int) -> str:
+    """All a resumed run needs to go on bit for bit: weights, optimizers, loop state, RNGs, config, the log. Written
+    to a temporary sibling, synced, then renamed, so a checkpoint-STEP dir is always whole; the newest `keep` stay."""
+    path = os.path.join(out_dir, f"checkpoint-{state.step}")
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     rngs = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": rng.bit_generator.state,
             **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
-    torch.save({"config": asdict(cfg), "state": asdict(state), "optimizer": opt.state_dict(), "xi_optimizer": xi_opt.state_dict(),
-                "rng": rngs}, os.path.join(path, "trainer_state.pt"))
-    shutil.copy(log_path, os.path.join(path, "log.jsonl"))
+    loop = {"xi": state.xi.detach(), "rho": torch.from_numpy(state.rho), "J": state.J, "sec_q": torch.from_numpy(state.sec_q),
+            "step": state.step}  # tensors and plain values only: the file loads with weights_only=True
+    torch.save({"config": config, "state": loop, "optimizer": opt.state_dict(), "xi_optimizer": xi_opt.state_dict(), "rng": rngs},
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.copy(log_path, os.path.join(tmp, "log.jsonl"))
+    for f in [*(os.path.join(tmp, f) for f in os.listdir(tmp)), tmp]:
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd), os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    for old in checkpoints(out_dir)[:-keep]:  # only now that the new one is complete
+        shutil.rmtree(old)
+    return path
 
-def read_checkpoint(path: str) -> dict[str, Any]:
-    if not os.path.isfile(f := os.path.join(path, "trainer_state.pt")):
-        raise ValueError(f"--resume {path!r} is not a checkpoint (no trainer_state.pt); pass a checkpoint-STEP dir")
-    return torch.load(f, weights_only=False)
+def read_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
+    """--resume's checkpoint, a checkpoint-STEP dir or a run dir's newest complete one -> (its dir, its trainer state).
+    weights_only: a trainer_state.pt holds tensors and plain values, and loading one never runs code."""
+    ckpt = path if os.path.isfile(os.path.join(path, "trainer_state.pt")) else (checkpoints(path) or [path])[-1]
+    if not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
+        raise ValueError(f"--resume {path!r} is not a checkpoint, nor a run directory holding one (no trainer_state.pt)")
+    try:
+        saved = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=True)
+        if missing := [f for f in ("config.json", "log.jsonl") if not os.path.isfile(os.path.join(ckpt, f))]:
+            raise FileNotFoundError(f"{missing[0]} is missing")
+    except Exception as e:  # truncated or zero-byte file, missing pieces, a pickle that would run code
+        older = [c for c in checkpoints(os.path.dirname(os.path.abspath(ckpt))) if c != os.path.abspath(ckpt)]
+        raise ValueError(f"--resume: {ckpt} is damaged or unsafe to load ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                         + (f"resume from {older[-1]} instead" if older else "no other checkpoint to resume from")) from None
+    return ckpt, saved
 
-def load_checkpoint(path: str, opt, xi_opt, state: LoopState, rng: np.random.Generator, log_path: str) -> None:
-    """Restore what save_checkpoint wrote into a fresh run, in place, and copy its log to log_path."""
-    saved = read_checkpoint(path)
+def load_checkpoint(ckpt: str, saved: dict[str, Any], opt, xi_opt, state: LoopState, rng: np.random.Generator, log_path: str) -> None:
+    """Restore read_checkpoint's trainer state into a fresh run, in place, and copy the checkpoint's log to log_path."""
     opt.load_state_dict(saved["optimizer"])
     xi_opt.load_state_dict(saved["xi_optimizer"])
     with torch.no_grad():
         state.xi.copy_(saved["state"]["xi"])
-    state.rho, state.J, state.sec_q, state.step = (saved["state"][k] for k in ("rho", "J", "sec_q", "step"))
+    state.rho, state.sec_q = saved["state"]["rho"].numpy(), saved["state"]["sec_q"].numpy()
+    state.J, state.step = saved["state"]["J"], int(saved["state"]["step"])
     rng.bit_generator.state = saved["rng"]["numpy"]
     torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    shutil.copy(os.path.join(path, "log.jsonl"), log_path)  # the log so far; this run appends the rest
+    shutil.copy(os.path.join(ckpt, "log.jsonl"), log_path)  # the log so far; this run appends the rest
+
+def catch_signals() -> dict[str, int]:
+    """Ctrl-C (SIGINT) and SIGTERM end the run after the current step, with a checkpoint; a second one ends it at once."""
+    caught: dict[str, int] = {}
+    def handler(signum: int, frame) -> None:
+        if caught:
+            os._exit(128 + signum)
+        caught["signum"] = signum
+        print(f"\n{signal.Signals(signum).name}: saving after this step (send it again to quit now)", file=sys.stderr, flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return caught
 
 # --- Speed-ups: each equals the plain version above it (the tests compare them) and can be dropped ------------------
 # GRPO's N rows of a group share one prompt: run it once, in generate() and in the log-prob passes, and let the rows
@@ -798,6 +874,9 @@ def validate(cfg: Config) -> None:
             if not ((v >= lo if within[0] == "[" else v > lo) and (v <= hi if within[-1] == "]" else v < hi)):
                 raise ValueError(f"{flag} must be in {within}, got {v}")
     check_task_list(cfg.tasks)
+    if cfg.minibatch_size > cfg.batch_size:
+        raise ValueError(f"--minibatch-size {cfg.minibatch_size} is larger than --batch-size {cfg.batch_size}: set it to at most "
+                         "B (the paper uses B/4: 4 updates per step)")
     if cfg.weighting == "reward_l2" and cfg.xi_optimizer != "sgd":
         raise ValueError("--weighting reward_l2 is Subroutine 2's plain step xi <- xi - beta (g + eta xi): pass "
                          "--xi-optimizer sgd (AdamW would rescale the eta * xi term and add its own weight decay)")
@@ -813,6 +892,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     group = p.add_argument_group("run")
     group.add_argument("--preset", help=f"tiny (CPU demo, the default with --model tiny), exp1 / exp2 (the paper's "
                        f"experiments, App. E); choices: {', '.join(PRESETS)}")
+    group.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
     group.add_argument("--method", help="mtgrpo (IWU + RP sampler), grpo, dapo, iwu (IWU only), rps (RP sampler only), "
                        "sec: sets the method group below (default: mtgrpo)")
     defaults, tiny = Config(), PRESETS["tiny"]
@@ -826,11 +906,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
                            metavar="{true,false}" if kind is _parse_bool else None, help=f"{f.metadata['help']} ({shown}{choices})")
     args = vars(p.parse_args(argv))
     preset, method = args.pop("preset"), args.pop("method")
+    if args.pop("list_tasks"):
+        from tasks import describe_tasks
+        print(describe_tasks())
+        raise SystemExit(0)
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
         if preset or method:
             raise ValueError("--preset and --method cannot be combined with --resume: a resumed run keeps its saved "
                              "config (override single settings with their flags)")
-        return Config(**{**read_checkpoint(args["resume"])["config"], **args})
+        return Config(**{**read_checkpoint(args["resume"])[1]["config"], **args})
     for flag, value, allowed in (("--preset", preset, PRESETS), ("--method", method, METHODS)):
         if value not in (None, *allowed):
             raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
@@ -839,10 +923,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(**{**asdict(defaults), **PRESETS.get(preset, {}), **METHODS[method or "mtgrpo"], **args})
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = None
     try:
-        train(parse_args(argv))
+        cfg = parse_args(argv)
+        train(cfg, stop=catch_signals())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        if cfg and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
+            os.rmdir(cfg.out_dir)  # a failed start leaves nothing behind
         return 2
     return 0
 

@@ -866,20 +866,28 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]) - {None})
 
 
-def tokenize_tasks(tasks: str, tokenizer, n_train: int, n_test: int, seed: int, max_prompt_len: int,
-                  prompt_style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
-    """Every task's train/test split with prompts tokenized once: labels, train, test, where train[k] =
-    (examples, prompt id lists). Prompts over max_prompt_len tokens are dropped, loudly."""
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
+def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
+    """(train, test) examples of every task in a --tasks list, with progress; a bad task file fails here, before
+    any model is loaded."""
+    out = []
+    for name in (t.strip() for t in tasks.split(",") if t.strip()):
+        t0 = time.perf_counter()
+        out.append(load_task(name, n_train=n_train, n_test=n_test, seed=seed))
+        print(f"task {name}: {len(out[-1][0])} train / {len(out[-1][1])} test prompts ({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def tokenize_tasks(loaded: list[tuple[list[Example], list[Example]]], tokenizer, n_test: int, max_prompt_len: int,
+                   prompt_style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
+    """Tokenize every task's prompts once: -> labels, train, test, where train[k] = (examples, prompt id lists).
+    Prompts over max_prompt_len tokens are dropped, loudly."""
     style = prompt_style
     if style == "auto":  # the paper's base models get the raw r1 wrapper; instruct models their template
         style = "chat" if getattr(tokenizer, "chat_template", None) else "r1"
     train, test = [], []
-    for name in names:
-        t0 = time.perf_counter()
-        tr, te = load_task(name, n_train=n_train, n_test=n_test, seed=seed)
-        shown = "plain (toy)" if tr[0].verifier == "toy" else style
-        print(f"task {name}: {len(tr)} train / {len(te)} test prompts ({time.perf_counter() - t0:.1f} s), prompt style {shown}")
+    for tr, te in loaded:
+        name = tr[0].task
+        print(f"task {name}: prompt style {'plain (toy)' if tr[0].verifier == 'toy' else style}")
         for split, out in ((tr, train), (te, test)):
             ids = [tokenizer(make_prompt(ex, style=style, tokenizer=tokenizer), add_special_tokens=False)["input_ids"] for ex in split]
             keep = [i for i, p in enumerate(ids) if len(p) <= max_prompt_len]

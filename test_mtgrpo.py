@@ -545,7 +545,7 @@ def test_metrics_hand_computed():
 
 def _cfg(tmp_path, **kw):
     base = {**M.asdict(M.Config()), **M.PRESETS["tiny"]}
-    base.update(dict(steps=3, batch_size=4, num_rollouts=4, eval_every=0, eval_k=2, eval_prompts=8,
+    base.update(dict(steps=3, batch_size=4, minibatch_size=4, num_rollouts=4, eval_every=0, eval_k=2, eval_prompts=8,
                      n_train=200, max_resample_rounds=2, out_dir=str(tmp_path / "run")))
     base.update(kw)
     return M.Config(**base)
@@ -598,7 +598,7 @@ def test_grpo_learns_the_easy_toy_task(tmp_path):
     """Learning signal: GRPO on toy_copy lifts training accuracy from ~1/97 (a random tiny model) to
     well above it within ~80 CPU steps. The mean over 10 steps of 128 rollouts has a std of at most
     0.5 / sqrt(1280) = 0.014, so a 0.15 rise is not noise; a sign error anywhere drives it to 0."""
-    cfg = _cfg(tmp_path, **M.METHODS["grpo"], tasks="toy_copy", steps=80, batch_size=16, num_rollouts=8, lr=3e-3)
+    cfg = _cfg(tmp_path, **M.METHODS["grpo"], tasks="toy_copy", steps=80, batch_size=16, minibatch_size=16, num_rollouts=8, lr=3e-3)
     M.train(cfg)
     acc = [r["train_acc"][0] for r in _log(cfg) if r["kind"] == "train"]
     assert np.mean(acc[-10:]) > np.mean(acc[:5]) + 0.15, acc
