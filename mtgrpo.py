@@ -11,8 +11,7 @@ has proportions z. `train()` is Algorithm 1:
         J_k        = accuracy of task k's rollouts this step
         z          = softmax(xi - beta * g(I, J))              # Subroutine 1 -> iwu_gradient()
 
-The method comes first, as pure torch/numpy functions to paste anywhere; then config, rollouts, update, loop;
-then the machinery. README.md lists where we follow the paper rather than its released code.
+First the method as pure torch/numpy functions (paste them anywhere), then config, rollouts, update, loop, machinery.
     python mtgrpo.py --model tiny           # CPU demo, no download: tiny Qwen2 on toy tasks (~30 s)
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
@@ -20,18 +19,7 @@ Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidd
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import math
-import os
-import random
-import re
-import shutil
-import signal
-import sys
-import tempfile
-import time
+import argparse, contextlib, functools, json, math, os, random, re, shutil, signal, sys, tempfile, time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -41,7 +29,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # --- GRPO (Appendix B, Eq. 11-13) ------------------------------------------------------------------------------------
-
 def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps) within each group. (B, N) -> (B, N). The paper does not
     say which std; unbiased (N - 1) is the released code's and TRL's. Example: [[1, 0]] -> [[0.7071, -0.7071]]."""
@@ -72,9 +59,8 @@ def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    chunk_size: int = 2048) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32: hidden (R, T, H) -> lm_head weight (V, H).
-    = log_softmax(hidden @ weight.T / temperature).gather(tokens), chunk by chunk, recomputed in backward: the fp32
-    (R, T, V) logits (1 GB at R=8, T=1024, V=151936) never exist."""
+    """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32, from hidden (R, T, H) and the lm_head (V, H):
+    log_softmax(hidden @ weight.T / T).gather(tokens) chunk by chunk, so the (R, T, V) logits (1 GB at V=151936) never exist."""
     R, T, H = hidden.shape
     h, y = hidden.reshape(R * T, H), tokens.reshape(R * T)
     def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
@@ -94,11 +80,9 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float = 0.2,
               eps_high: float = 0.28, tau: float = 0.0, ref_logp: torch.Tensor | None = None, agg: str = "token_mean",
               normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """-J_GRPO (Eq. 13) of a (micro-)batch: logp, old_logp, mask (R, T); adv (R,). token_mean (DAPO, the
-    paper's runs) divides the token sum by the token count, seq_mean (original GRPO) averages per response
-    first. Micro-batches pass their minibatch's count as `normalizer`, so summed gradients equal the unsplit
-    minibatch's. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay 0-d tensors:
-    a float() here would sync the GPU."""
+    """-J_GRPO (Eq. 13) of a (micro-)batch: logp, old_logp, mask (R, T); adv (R,). token_mean (DAPO, the paper's runs)
+    divides the token sum by the tokens, seq_mean (GRPO) averages per response first; micro-batches pass their minibatch's
+    count as `normalizer`. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay tensors: no GPU sync."""
     if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
         raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"mask {tuple(mask.shape)}, adv {tuple(adv.shape)} (want (R, T) x3 and (R,))")
@@ -123,7 +107,6 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
         return loss, {"clip_frac": (clipped.float() * mask).sum() / n, "ratio_mean": (ratio * mask).sum() / n}
 
 # --- Task weights: I_k (Eq. 8), IWU (Subroutine 1), reward-only + L2 (Subroutine 2), SEC -----------------------------
-
 def task_objectives(surrogate: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, K: int) -> torch.Tensor:
     """J_GRPO,k: token-mean of the clipped surrogate (R, T) over task k's tokens. -> (K,), 0 for absent tasks.
     At theta_t the ratio is 1 and the surrogate is A, so J_GRPO,k(theta_t) needs no forward pass."""
@@ -142,9 +125,8 @@ def _check_distribution(z: np.ndarray | torch.Tensor, name: str = "z") -> None:
         raise ValueError(f"{name} must be a probability vector over the K tasks (non-negative, sums to 1), got {z}")
 
 def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, reward: torch.Tensor, lam: float) -> torch.Tensor:
-    """Subroutine 1, lines 3-4: s_k = I_k + lam J_k, g_k = z_k (s_k - sum_j z_j s_j). Descending (line 5) raises tasks
-    below the z-weighted mean of s: low reward, little improvement, or both. z = [.5, .5], I = 0, J = [0, 1], lam = 1
-    -> g = [-.25, .25]."""
+    """Subroutine 1, lines 3-4: s_k = I_k + lam J_k, g_k = z_k (s_k - sum_j z_j s_j). Descending (line 5) raises tasks below
+    the z-weighted mean of s: low reward, little improvement, or both. z = [.5, .5], I = 0, J = [0, 1], lam = 1: g = [-.25, .25]."""
     _check_distribution(z)
     if not (z.shape == improvement.shape == reward.shape):
         raise ValueError(f"z, improvement, reward must all have shape (K,), got {tuple(z.shape)}, "
@@ -192,7 +174,9 @@ class SampledBatch:
     def rounds(self) -> int:    # generation rounds, the first included
         return len(self.generated)
 
-def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int, acc_cap: float = 1.0) -> None:
+def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int,
+                        acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
     _check_distribution(z)
     for ok, msg in ((B >= 1, f"B (batch size in prompts) must be >= 1, got {B}"),
                     (len(rho) == len(z) and ((0 <= rho) & (rho < 1)).all(), f"rho must hold K={len(z)} rates in [0, 1), got {rho}"),
@@ -201,6 +185,7 @@ def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float
                     (acc_cap >= 1, f"M_acc (inflation cap) must be >= 1, got {acc_cap}")):
         if not ok:
             raise ValueError(msg)
+    return z, rho
 
 def update_filter_rates(rho: np.ndarray, generated: np.ndarray, accepted: np.ndarray, decay: float = 0.9) -> np.ndarray:
     """rho_k <- decay rho_k + (1 - decay) (filtered / generated), for every task that generated prompts this
@@ -222,8 +207,7 @@ def rp_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray,
               inflate: bool = True) -> SampledBatch:
     """Algorithm 2, the RP sampler: a post-filter batch of B groups whose task shares follow z. os_factor = M_os,
     max_rounds = N_rs (rounds after the first), acc_cap = M_acc; inflate=False sets m_k = 1 (Fig. 16 ablation)."""
-    z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
-    _check_sampler_args(z, B, rho, os_factor, max_rounds, acc_cap)
+    z, rho = _check_sampler_args(z, B, rho, os_factor, max_rounds, acc_cap)
     K, n_gen = len(z), int(round(os_factor * B))
     n = rng.multinomial(B, z)                                                    # line 1: target counts
     m = 1.0 / np.maximum(1.0 - rho, 1.0 / acc_cap) if inflate else np.ones(K)   # line 2: min(1/(1-rho), M_acc)
@@ -259,8 +243,7 @@ def dynamic_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.nda
     """The baselines' sampler (DAPO's): M_os B prompts by z per round until B survive the filter (or N_rs more rounds
     pass); the first B. GRPO: os_factor=1, max_rounds=0, no filter. A task filtered at rate rho_k gets a share
     ~ z_k (1 - rho_k) / sum_j z_j (1 - rho_j), not z_k (Fig. 12)."""
-    z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
-    _check_sampler_args(z, B, rho, os_factor, max_rounds)
+    z, rho = _check_sampler_args(z, B, rho, os_factor, max_rounds)
     batch, kept = SampledBatch([], [], [], rho), []
     while len(kept) < B and batch.rounds <= max_rounds:
         survivors = _generation_round(batch, sample_round, rng.multinomial(int(round(os_factor * B)), z), rho_decay)
@@ -272,7 +255,6 @@ def dynamic_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.nda
 
 # --- Config: the paper's values (App. E) ----------------------------------------------------------------------------
 # Each field is a flag --field-name with its help text, `within` an interval it must lie in, `choices` its values.
-
 def arg(default: Any, help: str, within: str = "", choices: tuple[str, ...] = (), group: str = "") -> Any:
     return field(default=default, metadata=dict(help=help, within=within, choices=choices, group=group))
 
@@ -339,9 +321,9 @@ METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: each method as Config fields
 }
 
 PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --model tiny); exp1/2: the paper's (App. E)
-    "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64,
-                 n_train=1000, batch_size=16, num_rollouts=8, max_prompt_len=32, max_response_len=4,
-                 gen_batch_size=512, minibatch_size=16, micro_batch_size=128, lr=3e-3, max_resample_rounds=3),
+    "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64, n_train=1000, batch_size=16,
+                 num_rollouts=8, max_prompt_len=32, max_response_len=4, gen_batch_size=512, minibatch_size=16, micro_batch_size=128,
+                 lr=3e-3, max_resample_rounds=3),
     "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72,
                  minibatch_size=8, max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2,
                  max_resample_rounds=10, xi_weight_decay=1e-5, improvement_clip=0.1, prompt_style="r1"),
@@ -354,10 +336,8 @@ def method_name(cfg: Config) -> str:
     return next((m for m, f in METHODS.items() if all(getattr(cfg, k) == v for k, v in f.items())), "custom")
 
 # --- Rollouts: HF generate, left-padded, KV cache on, temperature 1.0 / top_p 1.0 (App. E) ---------------------------
-
 @dataclass
-class Group:
-    """One prompt and its N rollouts: the unit the zero-gradient filter keeps or drops."""
+class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter keeps or drops
     task: int
     prompt_ids: list[int]
     response: torch.Tensor     # (N, T) sampled token ids, pad after the first EOS
@@ -366,11 +346,8 @@ class Group:
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (ids, attention_mask), both (R, L), padded on the left."""
-    L = max(len(s) for s in seqs)
-    ids, att = torch.full((len(seqs), L), pad_id, dtype=torch.long), torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):], att[i, L - len(s):] = torch.tensor(s, dtype=torch.long), 1
-    return ids, att
+    pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v, padding_side="left")  # noqa: E731
+    return pad([torch.tensor(s, dtype=torch.long) for s in seqs], pad_id), pad([torch.ones(len(s), dtype=torch.long) for s in seqs], 0)
 
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pad_id: int, eos_ids: list[int],
@@ -415,11 +392,8 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
 
 # --- The GRPO update of one step: old log-probs, minibatch updates (Eq. 13), I_k (Eq. 8) -----------------------------
 # These take `logprobs(prompts, responses) -> (R, T)`: policy_logprobs bound to a model, or any function like it.
-LogProbs = Callable[[list[list[int]], torch.Tensor], torch.Tensor]
-
 @dataclass
-class Rows:
-    """A batch of groups flattened to R = groups x N rows."""
+class Rows:  # a batch of groups flattened to R = groups x N rows
     prompts: list[list[int]]   # R prompt id lists
     responses: torch.Tensor    # (R, T)
     mask: torch.Tensor         # (R, T)
@@ -441,7 +415,7 @@ def used_len(mask: torch.Tensor) -> int:
     """Tokens up to the last unmasked one: a micro-batch's T is cut there (less padding to run)."""
     return int(mask.sum(dim=0).nonzero().max()) + 1 if mask.any() else 1
 
-def batch_logprobs(logprobs: LogProbs, rows: Rows, idx: list[int], micro_batch_size: int) -> torch.Tensor:
+def batch_logprobs(logprobs: Callable, rows: Rows, idx: list[int], micro_batch_size: int) -> torch.Tensor:
     """No-grad log-probs of rows idx -> (len(idx), T) float32 on the CPU, zero past each micro-batch's T."""
     T, out = rows.responses.shape[1], []
     with torch.no_grad():
@@ -450,7 +424,7 @@ def batch_logprobs(logprobs: LogProbs, rows: Rows, idx: list[int], micro_batch_s
             out.append(F.pad(logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t]).float(), (0, T - t)))
     return torch.cat(out).cpu()  # one copy to the host, not one per micro-batch
 
-def grpo_update(logprobs: LogProbs, opt: torch.optim.Optimizer, rows: Rows, idx: list[int], old_logp: torch.Tensor | None,
+def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx: list[int], old_logp: torch.Tensor | None,
                 micro_batch_size: int = 8, eps_low: float = 0.2, eps_high: float = 0.28, loss_agg: str = "token_mean",
                 grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
     """One optimizer step on minibatch idx (Eq. 13), over micro-batches. old_logp (len(idx), T), or None while theta =
@@ -477,7 +451,7 @@ def grpo_update(logprobs: LogProbs, opt: torch.optim.Optimizer, rows: Rows, idx:
     return {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_frac": clip_sum / n_tok,
             "ratio_mean": ratio_sum / n_tok}, torch.cat(used_old).cpu()
 
-def policy_update(logprobs: LogProbs, opt: torch.optim.Optimizer, groups: list[Group], K: int, *, pad_id: int,
+def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[Group], K: int, *, pad_id: int,
                   minibatch_size: int, micro_batch_size: int, eps_low: float, eps_high: float, loss_agg: str, grad_clip: float,
                   unbiased: bool, improvement_clip: float, measure_improvement: bool) -> tuple[dict, torch.Tensor, Rows | None]:
     """Algorithm 1, lines 4-5: minibatch updates, then I_k (Eq. 8) -> (stats, I (K,), rows). pi_old of minibatches 2..
@@ -521,10 +495,8 @@ def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
     return q
 
 # --- Training loop (Algorithm 1) -------------------------------------------------------------------------------------
-
 @dataclass
-class RoundStats:
-    """What generation rounds saw before filtering: J_k and the generation figures come from here."""
+class RoundStats:  # what generation rounds saw before filtering: J_k and the generation figures come from here
     correct: np.ndarray        # (K,) rollouts with reward 1.0
     total: np.ndarray          # (K,) rollouts generated
     reward: float = 0.0        # sum of rewards
@@ -551,8 +523,7 @@ def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Cal
     return survivors, stats
 
 @dataclass
-class LoopState:
-    """What Algorithm 1 carries from one step to the next besides theta and the optimizers."""
+class LoopState:  # what Algorithm 1 carries from one step to the next besides theta and the optimizers
     xi: torch.Tensor           # (K,) task-weight logits, z = softmax(xi); xi_0 = 0 (uniform)
     rho: np.ndarray            # (K,) filter-rate estimates (Alg. 2)
     J: torch.Tensor            # (K,) last known accuracy per task (kept for tasks not sampled in a step)
@@ -562,6 +533,7 @@ class LoopState:
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
     from tasks import load_tasks, stop_token_ids, tokenize_tasks
+    from verify import score
     validate(cfg)  # every input check comes before the model loads, and a failed start leaves no files
     ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
     if saved and saved["state"]["step"] >= cfg.steps:
@@ -632,11 +604,14 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         if stop:  # Ctrl-C or SIGTERM (catch_signals): the step is done and saved
             print(f"stopped after step {step}: checkpoint {ckpt}\nresume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
             raise SystemExit(128 + stop["signum"])
-    print_summary(cfg.steps - first, time.perf_counter() - t_start, last_eval, cfg.eval_k, ckpt, cfg.out_dir)
+    acc, out = last_eval["acc"], cfg.out_dir
+    print(f"\ndone: {cfg.steps - first} steps in {(time.perf_counter() - t_start) / 60:.1f} min | log {log_path}\n  test accuracy "
+          f"(mean@{cfg.eval_k}): worst {last_eval['worst']:.3f} ({min(acc, key=acc.get)}) | average {last_eval['avg']:.3f} | "
+          + " ".join(f"{t} {v:.3f}" for t, v in acc.items()) + f"\n  checkpoint {ckpt} (train on: python mtgrpo.py --resume {out}"
+          f" --steps MORE)\n  plots: python bench/plot.py {out} --out {os.path.join(out, 'plots')}", flush=True)
     return last_eval
 
 # --- Logging and evaluation (Sec. 6 metrics) -------------------------------------------------------------------------
-
 def log(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -662,13 +637,6 @@ def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, eta: flo
             f" | z {fmt(rec['z'])} | shares {fmt(rec['batch_shares'])} | rounds {rec['rounds']}"
             + (f" | loss {rec['loss']:+.2e}" if "loss" in rec else " | no group survived: no update"))
 
-def print_summary(steps: int, seconds: float, last_eval: dict[str, Any], k: int, ckpt: str, out_dir: str) -> None:
-    acc = last_eval["acc"]
-    print(f"\ndone: {steps} steps in {seconds / 60:.1f} min | log {os.path.join(out_dir, 'log.jsonl')}\n  test accuracy (mean@{k}): "
-          f"worst {last_eval['worst']:.3f} ({min(acc, key=acc.get)}) | average {last_eval['avg']:.3f} | "
-          + " ".join(f"{t} {v:.3f}" for t, v in acc.items()) + f"\n  checkpoint {ckpt} (train on: python mtgrpo.py --resume "
-          f"{out_dir} --steps MORE)\n  plots: python bench/plot.py {out_dir} --out {os.path.join(out_dir, 'plots')}", flush=True)
-
 def mean_at_k(correct: np.ndarray) -> float:
     """mean@k accuracy: correct (P, k) booleans for P test prompts x k samples -> their mean."""
     return float(np.mean(correct)) if np.size(correct) else 0.0
@@ -689,40 +657,19 @@ def evaluate(sample: Callable, score: Callable, test: list[tuple[list, list]], n
     return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
 
 # --- Machinery: the policy model, the output directory, checkpoints --------------------------------------------------
-
 def load_model(name: str, device: torch.device, grad_checkpointing: bool = False, seed: int = 0):
-    """The policy and its tokenizer (tasks.load_pretrained: a hub name, a local dir, or tiny), made ready to train.
-    Master weights stay fp32: AdamW at lr 1e-6 on bf16 weights rounds most updates away; bf16 comes from autocast."""
+    """The policy and its tokenizer (tasks.load_pretrained). Master weights stay fp32 (AdamW at lr 1e-6 on bf16 weights
+    rounds most updates away; bf16 comes from autocast); dropout is off, so pi_old and pi_theta are one function."""
     from tasks import load_pretrained
-    from transformers.utils import logging
-    logging.disable_progress_bar()  # HF's bars would cut through the step lines
-    model, tokenizer = load_pretrained(name, seed)
-    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function, or the
-    # first ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
-    for m in (m for m in model.modules() if isinstance(m, torch.nn.Dropout)):
-        m.p = 0.0
-    model.config.attention_dropout = 0.0
-    if grad_checkpointing:  # transformers 5.2x renamed the method
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
-    model.config.use_cache = True
-    model.train()
+    model, tokenizer = load_pretrained(name, seed, grad_checkpointing)
     return model.to(device), tokenizer
 
 def autocast(device: torch.device):
-    """bf16 autocast on GPU over fp32 master weights; plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-def score(examples: list, outputs: list[tuple[torch.Tensor, torch.Tensor]], tokenizer, box_rule: str = "last") -> list[torch.Tensor]:
-    """Rewards (n,) per prompt: decode each response up to its first EOS and verify it (verify.py)."""
-    from verify import reward
-    return [torch.tensor([reward(t, ex, box_rule=box_rule) for t in
-                          tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)])
-            for ex, (resp, mask) in zip(examples, outputs)]
+    """bf16 autocast on GPU over fp32 master weights; on CPU whatever the caller set (fp32 unless it opened one)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 def prepare_out_dir(out_dir: str, overwrite: bool, resumed: str) -> str:
-    """Check --out-dir before anything loads: writable, and holding no other run's log unless --overwrite (which
-    clears it) or it is the run being resumed. The log is first written once the model has loaded."""
+    """--out-dir, checked before anything loads: writable, holding no other run (unless --overwrite or resumed)."""
     path = os.path.join(out_dir, "log.jsonl")
     same_run = resumed and os.path.realpath(os.path.dirname(os.path.abspath(resumed))) == os.path.realpath(out_dir)
     if os.path.isfile(path) and os.path.getsize(path) and not same_run:
@@ -746,8 +693,7 @@ def checkpoints(run_dir: str) -> list[str]:
 
 def save_checkpoint(out_dir: str, model, tokenizer, opt, xi_opt, state: LoopState, rng: np.random.Generator, config: dict,
                     log_path: str, keep: int) -> str:
-    """All a resumed run needs to go on bit for bit: weights, optimizers, loop state, RNGs, config, the log. Written
-    to a temporary sibling, synced, then renamed, so a checkpoint-STEP dir is always whole; the newest `keep` stay."""
+    """All a resumed run needs, bit for bit. Written aside, synced and renamed: a checkpoint-STEP dir is always whole."""
     path = os.path.join(out_dir, f"checkpoint-{state.step}")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -770,8 +716,7 @@ def save_checkpoint(out_dir: str, model, tokenizer, opt, xi_opt, state: LoopStat
     return path
 
 def read_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
-    """--resume's checkpoint, a checkpoint-STEP dir or a run dir's newest complete one -> (its dir, its trainer state).
-    weights_only: a trainer_state.pt holds tensors and plain values, and loading one never runs code."""
+    """--resume's checkpoint (a checkpoint-STEP dir, or a run dir's newest) -> (its dir, its state); never runs code."""
     ckpt = path if os.path.isfile(os.path.join(path, "trainer_state.pt")) else (checkpoints(path) or [path])[-1]
     if not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
         raise ValueError(f"--resume {path!r} is not a checkpoint, nor a run directory holding one (no trainer_state.pt)")
@@ -800,22 +745,9 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt, xi_opt, state: LoopSt
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     shutil.copy(os.path.join(ckpt, "log.jsonl"), log_path)  # the log so far; this run appends the rest
 
-def catch_signals() -> dict[str, int]:
-    """Ctrl-C (SIGINT) and SIGTERM end the run after the current step, with a checkpoint; a second one ends it at once."""
-    caught: dict[str, int] = {}
-    def handler(signum: int, frame) -> None:
-        if caught:
-            os._exit(128 + signum)
-        caught["signum"] = signum
-        print(f"\n{signal.Signals(signum).name}: saving after this step (send it again to quit now)", file=sys.stderr, flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return caught
-
 # --- Speed-ups: each equals the plain version above it (the tests compare them) and can be dropped ------------------
 # GRPO's N rows of a group share one prompt: run it once, in generate() and in the log-prob passes, and let the rows
 # continue from its KV cache (the prompt then costs 1/N; N = 72 in Exp. 1). Gradients sum back into the one pass.
-
 def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
     """Run U left-padded prompts (U, P) once -> (KV cache of len(rows) rows, row r holding prompt rows[r];
     final hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate() builds them."""
@@ -861,7 +793,6 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 # --- CLI: every Config field is a flag; --preset and --method fill several at once; explicit flags win ---------------
-
 def validate(cfg: Config) -> None:
     """Reject bad settings with one line naming the flag and the fix (the CLI exits with status 2)."""
     from tasks import check_task_list
@@ -881,29 +812,21 @@ def validate(cfg: Config) -> None:
         raise ValueError("--weighting reward_l2 is Subroutine 2's plain step xi <- xi - beta (g + eta xi): pass "
                          "--xi-optimizer sgd (AdamW would rescale the eta * xi term and add its own weight decay)")
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("1", "true", "yes")
-
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description="Multi-Task GRPO (arXiv 2602.05547), Algorithm 1 on one device. "
                                 "Explicit flags win over --method, which wins over --preset.")
     group = p.add_argument_group("run")
-    group.add_argument("--preset", help=f"tiny (CPU demo, the default with --model tiny), exp1 / exp2 (the paper's "
-                       f"experiments, App. E); choices: {', '.join(PRESETS)}")
+    group.add_argument("--preset", help="tiny (CPU demo; the default with --model tiny), exp1 or exp2 (the paper's, App. E)")
     group.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
-    group.add_argument("--method", help="mtgrpo (IWU + RP sampler), grpo, dapo, iwu (IWU only), rps (RP sampler only), "
-                       "sec: sets the method group below (default: mtgrpo)")
+    group.add_argument("--method", help="sets the method group below: mtgrpo (default), grpo, dapo, iwu, rps, sec (Sec. 6)")
     defaults, tiny = Config(), PRESETS["tiny"]
     for f in fields(Config):
         group = p.add_argument_group(f.metadata["group"]) if f.metadata["group"] else group
         default = getattr(defaults, f.name)
-        kind = _parse_bool if isinstance(default, bool) else type(default)
         shown = f"default {default}" + (f"; with --model tiny: {tiny[f.name]}" if f.name in tiny else "")
         choices = f"; choices: {', '.join(f.metadata['choices'])}" if f.metadata["choices"] else ""
-        group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=argparse.SUPPRESS,
-                           metavar="{true,false}" if kind is _parse_bool else None, help=f"{f.metadata['help']} ({shown}{choices})")
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
+        group.add_argument("--" + f.name.replace("_", "-"), **kind, default=argparse.SUPPRESS, help=f"{f.metadata['help']} ({shown}{choices})")
     args = vars(p.parse_args(argv))
     preset, method = args.pop("preset"), args.pop("method")
     if args.pop("list_tasks"):
@@ -912,8 +835,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         raise SystemExit(0)
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
         if preset or method:
-            raise ValueError("--preset and --method cannot be combined with --resume: a resumed run keeps its saved "
-                             "config (override single settings with their flags)")
+            raise ValueError("--preset and --method cannot go with --resume: a resumed run keeps its config (set single flags)")
         return Config(**{**read_checkpoint(args["resume"])[1]["config"], **args})
     for flag, value, allowed in (("--preset", preset, PRESETS), ("--method", method, METHODS)):
         if value not in (None, *allowed):
@@ -922,11 +844,23 @@ def parse_args(argv: list[str] | None = None) -> Config:
         preset = "tiny"
     return Config(**{**asdict(defaults), **PRESETS.get(preset, {}), **METHODS[method or "mtgrpo"], **args})
 
-def main(argv: list[str] | None = None) -> int:
+def catch_signals() -> dict[str, int]:
+    """Ctrl-C and SIGTERM: train() saves after the current step and exits 130 / 143; a second one quits at once."""
+    stop: dict[str, int] = {}
+    def on_signal(signum: int, frame) -> None:
+        if stop:
+            os._exit(128 + signum)
+        stop["signum"] = signum
+        print(f"\n{signal.Signals(signum).name}: saving after this step (send it again to quit now)", file=sys.stderr, flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stop
+
+def main(argv: list[str] | None = None, stop: dict[str, int] | None = None) -> int:
     cfg = None
     try:
         cfg = parse_args(argv)
-        train(cfg, stop=catch_signals())
+        train(cfg, stop)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         if cfg and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
@@ -935,4 +869,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(stop=catch_signals()))

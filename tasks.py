@@ -824,17 +824,20 @@ def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
     return path
 
 
-def load_pretrained(name: str, seed: int = 0):
+def load_pretrained(name: str, seed: int = 0, grad_checkpointing: bool = False):
     """(model, tokenizer) by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a local
-    directory alike; "tiny" is built first from `seed`. Weights in fp32. Errors name the way out."""
+    directory alike ("tiny" is built first from `seed`), ready to train: fp32 weights, dropout off, train mode, the
+    KV cache on for generation. Errors name the way out."""
     import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # HF's bars would cut through the trainer's step lines
     if name == "tiny":
         with tempfile.TemporaryDirectory() as d:
-            return load_pretrained(build_tiny_model(d, seed=seed))
+            return load_pretrained(build_tiny_model(d, seed=seed), grad_checkpointing=grad_checkpointing)
     path = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(path):
         raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "
@@ -857,7 +860,16 @@ def load_pretrained(name: str, seed: int = 0):
                          "local directory holding a saved model (--model /path/to/model) or use --model tiny") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function, or the first
+    # ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
+    for m in (m for m in model.modules() if isinstance(m, torch.nn.Dropout)):
+        m.p = 0.0
+    model.config.attention_dropout = 0.0
+    if grad_checkpointing:  # transformers 5.2x renamed the method
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = True
+    return model.train(), tokenizer
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

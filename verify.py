@@ -229,3 +229,13 @@ def reward(completion: str, ex, box_rule: str = "last") -> float:
 def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
     """Accuracy counts only full reward."""
     return reward(completion, ex, box_rule) == 1.0
+
+
+def score(examples: list, outputs: list, tokenizer, box_rule: str = "last") -> list:
+    """The trainer's rewards: for each prompt's (token ids (n, T), mask (n, T)) decode every response up to its first
+    EOS and reward() it -> a tensor (n,) per prompt."""
+    import torch
+
+    return [torch.tensor([reward(t, ex, box_rule=box_rule) for t in
+                          tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)])
+            for ex, (resp, mask) in zip(examples, outputs)]
