@@ -11,7 +11,6 @@ has proportions z. `train()` is Algorithm 1:
         J_k        = accuracy of task k's rollouts this step
         z          = softmax(xi - beta * g(I, J))              # Subroutine 1 -> iwu_gradient()
 
-First the method as pure torch/numpy functions (paste them anywhere), then config, rollouts, update, loop, machinery.
     python mtgrpo.py --model tiny           # CPU demo, no download: tiny Qwen2 on toy tasks (~30 s)
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
@@ -19,7 +18,7 @@ Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidd
 
 from __future__ import annotations
 
-import argparse, contextlib, functools, json, math, os, random, re, shutil, signal, sys, tempfile, time
+import argparse, contextlib, functools, inspect, json, math, os, random, re, shutil, signal, sys, tempfile, time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -84,8 +83,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
     divides the token sum by the tokens, seq_mean (GRPO) averages per response first; micro-batches pass their minibatch's
     count as `normalizer`. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay tensors: no GPU sync."""
     if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
-        raise ValueError(f"shape mismatch: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
-                         f"mask {tuple(mask.shape)}, adv {tuple(adv.shape)} (want (R, T) x3 and (R,))")
+        raise ValueError(f"shape mismatch: logp, old_logp, mask, adv have {[tuple(t.shape) for t in (logp, old_logp, mask, adv)]}"
+                         " (want (R, T) x3 and (R,))")
     term = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
     if tau > 0:
         if ref_logp is None:
@@ -129,8 +128,7 @@ def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, reward: torch.Tenso
     the z-weighted mean of s: low reward, little improvement, or both. z = [.5, .5], I = 0, J = [0, 1], lam = 1: g = [-.25, .25]."""
     _check_distribution(z)
     if not (z.shape == improvement.shape == reward.shape):
-        raise ValueError(f"z, improvement, reward must all have shape (K,), got {tuple(z.shape)}, "
-                         f"{tuple(improvement.shape)}, {tuple(reward.shape)}")
+        raise ValueError(f"z, improvement, reward must all have shape (K,), got {[tuple(t.shape) for t in (z, improvement, reward)]}")
     s = improvement + lam * reward
     return z * (s - (z * s).sum())
 
@@ -169,10 +167,7 @@ class SampledBatch:
     generated: list[list[int]] = field(default_factory=list)  # per round: prompts generated per task
     accepted: list[list[int]] = field(default_factory=list)   # per round: prompts surviving the filter
     stats: list[Any] = field(default_factory=list)            # per round: sample_round's stats
-
-    @property
-    def rounds(self) -> int:    # generation rounds, the first included
-        return len(self.generated)
+    rounds: int = 0                                           # generation rounds, the first included
 
 def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int,
                         acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +193,10 @@ def _generation_round(batch: SampledBatch, sample_round: SampleRound, counts: np
     """Alg. 2 lines 5-9 / 16-22: one round of generate, score and filter, logged into batch, rho updated."""
     survivors, stats = sample_round(counts)
     accepted = np.array([len(s) for s in survivors])
-    batch.generated.append(counts.tolist()), batch.accepted.append(accepted.tolist()), batch.stats.append(stats)
+    batch.generated.append(counts.tolist())
+    batch.accepted.append(accepted.tolist())
+    batch.stats.append(stats)
+    batch.rounds += 1
     batch.rho = update_filter_rates(batch.rho, counts, accepted, rho_decay)
     return survivors
 
@@ -215,8 +213,7 @@ def rp_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray,
     p = z * m / (z * m).sum()                                                    # line 3: zhat
     while True:
         survivors = _generation_round(batch, sample_round, rng.multinomial(n_gen, p), rho_decay)  # lines 4-9 / 15-22
-        for k in range(K):
-            accepted[k].extend(survivors[k])
+        accepted = [a + s for a, s in zip(accepted, survivors)]
         deficit = np.maximum(n - np.array([len(a) for a in accepted]), 0)       # lines 10-11 / 24
         if deficit.sum() == 0 or batch.rounds > max_rounds:                      # line 13: r <= N_rs
             break
@@ -324,9 +321,9 @@ PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --mod
     "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64, n_train=1000, batch_size=16,
                  num_rollouts=8, max_prompt_len=32, max_response_len=4, gen_batch_size=512, minibatch_size=16, micro_batch_size=128,
                  lr=3e-3, max_resample_rounds=3),
-    "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72,
-                 minibatch_size=8, max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2,
-                 max_resample_rounds=10, xi_weight_decay=1e-5, improvement_clip=0.1, prompt_style="r1"),
+    "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72, minibatch_size=8,
+                 max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2, max_resample_rounds=10, xi_weight_decay=1e-5,
+                 improvement_clip=0.1, prompt_style="r1"),
     "exp2": dict(tasks=",".join(f"{t}_{d}" for t in ("countdown", "zebra", "arc1d") for d in ("easy", "medium", "hard")),
                  steps=720, batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024, max_response_len=4096,
                  filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2, prompt_style="r1"),
@@ -495,32 +492,24 @@ def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
     return q
 
 # --- Training loop (Algorithm 1) -------------------------------------------------------------------------------------
-@dataclass
-class RoundStats:  # what generation rounds saw before filtering: J_k and the generation figures come from here
-    correct: np.ndarray        # (K,) rollouts with reward 1.0
-    total: np.ndarray          # (K,) rollouts generated
-    reward: float = 0.0        # sum of rewards
-    tokens: int = 0            # response tokens generated (up to EOS)
-    seconds: float = 0.0       # generate + score + filter
-
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable, N: int,
-                  filter_mode: str, rng: np.random.Generator) -> tuple[list[list[Group]], RoundStats]:
-    """Alg. 2 lines 5-9, the samplers' sample_round: draw counts[k] prompts of task k, sample N each, score, filter."""
+                  filter_mode: str, rng: np.random.Generator) -> tuple[list[list[Group]], dict[str, Any]]:
+    """Alg. 2 lines 5-9, the samplers' sample_round: draw counts[k] prompts of task k, sample N each, score, filter.
+    Its stats are what the round saw before filtering: J_k and the generation figures come from them."""
     t, K = time.perf_counter(), len(data)
     picks = [(k, int(i)) for k in range(K)
              for i in rng.choice(len(data[k][0]), size=int(counts[k]), replace=int(counts[k]) > len(data[k][0]))]
     outs = sample([data[k][1][i] for k, i in picks], N)
     rewards = score([data[k][0][i] for k, i in picks], outs)
-    survivors, stats = [[] for _ in range(K)], RoundStats(np.zeros(K), np.zeros(K))
+    survivors, stats = [[] for _ in range(K)], dict(correct=np.zeros(K), total=np.zeros(K), reward=0.0, tokens=0)
     for (k, i), (resp, mask), r in zip(picks, outs, rewards):
-        stats.correct[k] += float((r == 1.0).sum())
-        stats.total[k] += len(r)
-        stats.reward += float(r.sum())
-        stats.tokens += int(mask.sum())
+        stats["correct"][k] += float((r == 1.0).sum())  # rollouts with reward 1.0, per task
+        stats["total"][k] += len(r)
+        stats["reward"] += float(r.sum())
+        stats["tokens"] += int(mask.sum())               # response tokens up to EOS
         if zero_gradient_keep(r[None], filter_mode)[0]:
             survivors[k].append(Group(k, data[k][1][i], resp, mask, r))
-    stats.seconds = time.perf_counter() - t
-    return survivors, stats
+    return survivors, {**stats, "seconds": time.perf_counter() - t}
 
 @dataclass
 class LoopState:  # what Algorithm 1 carries from one step to the next besides theta and the optimizers
@@ -532,7 +521,7 @@ class LoopState:  # what Algorithm 1 carries from one step to the next besides t
 
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
-    from tasks import load_tasks, stop_token_ids, tokenize_tasks
+    from tasks import load_model, load_tasks, stop_token_ids, tokenize_tasks
     from verify import score
     validate(cfg)  # every input check comes before the model loads, and a failed start leaves no files
     ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
@@ -585,9 +574,9 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         if cfg.weighting == "sec" and rows is not None:
             state.sec_q = update_sec_values(state.sec_q, rows, cfg.sec_decay)
         # 4) J_k = this step's pre-filter accuracy, then z <- IWU (line 6, Subroutine 1)
-        seen = RoundStats(*(sum(getattr(s, f.name) for s in batch.stats) for f in fields(RoundStats)))
-        sampled = seen.total > 0
-        state.J[torch.from_numpy(sampled)] = torch.from_numpy(seen.correct[sampled] / seen.total[sampled]).float()
+        seen = {k: sum(s[k] for s in batch.stats) for k in batch.stats[0]}  # over the step's rounds
+        sampled = seen["total"] > 0
+        state.J[torch.from_numpy(sampled)] = torch.from_numpy(seen["correct"][sampled] / seen["total"][sampled]).float()
         if cfg.weighting in ("iwu", "reward_l2"):
             update_task_weights(state.xi, xi_opt, improvement, state.J, cfg.weighting, cfg.lam, cfg.eta)
         state.step = step
@@ -604,11 +593,10 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         if stop:  # Ctrl-C or SIGTERM (catch_signals): the step is done and saved
             print(f"stopped after step {step}: checkpoint {ckpt}\nresume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
             raise SystemExit(128 + stop["signum"])
-    acc, out = last_eval["acc"], cfg.out_dir
-    print(f"\ndone: {cfg.steps - first} steps in {(time.perf_counter() - t_start) / 60:.1f} min | log {log_path}\n  test accuracy "
-          f"(mean@{cfg.eval_k}): worst {last_eval['worst']:.3f} ({min(acc, key=acc.get)}) | average {last_eval['avg']:.3f} | "
-          + " ".join(f"{t} {v:.3f}" for t, v in acc.items()) + f"\n  checkpoint {ckpt} (train on: python mtgrpo.py --resume {out}"
-          f" --steps MORE)\n  plots: python bench/plot.py {out} --out {os.path.join(out, 'plots')}", flush=True)
+    print(f"\ndone: {cfg.steps - first} steps in {(time.perf_counter() - t_start) / 60:.1f} min | log {log_path}\n  test accuracy (mean@"
+          f"{cfg.eval_k}): worst {last_eval['worst']:.3f} | average {last_eval['avg']:.3f} | "
+          + " ".join(f"{t} {v:.3f}" for t, v in last_eval["acc"].items()) + f"\n  checkpoint {ckpt}; to train on: python mtgrpo.py --resume "
+          f"{cfg.out_dir} --steps MORE\n  plots: python bench/plot.py {cfg.out_dir} --out {cfg.out_dir}/plots", flush=True)
     return last_eval
 
 # --- Logging and evaluation (Sec. 6 metrics) -------------------------------------------------------------------------
@@ -616,18 +604,17 @@ def log(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
-def step_record(z: np.ndarray, z_next: np.ndarray, batch: SampledBatch, seen: RoundStats, upd: dict, state: LoopState,
+def step_record(z: np.ndarray, z_next: np.ndarray, batch: SampledBatch, seen: dict, upd: dict, state: LoopState,
                 improvement: torch.Tensor, seconds: float, sec: bool) -> dict[str, Any]:
     """One step's JSONL record: z, realized shares, rho, J, I, rounds, prompts generated vs used, timings."""
     used = len(batch.groups)
     return {"kind": "train", "step": state.step, "z": z.tolist(), "z_next": z_next.tolist(),
             "batch_shares": (np.bincount(batch.tasks, minlength=len(z)) / max(used, 1)).tolist(), "batch_groups": used,
             "targets": batch.targets, "rho": batch.rho.tolist(), "J": state.J.tolist(), "I": improvement.tolist(),
-            "train_acc": (seen.correct / np.maximum(seen.total, 1)).tolist(), "rounds": batch.rounds,
-            "generated": batch.generated, "accepted": batch.accepted,
-            "prompts_generated": int(sum(map(sum, batch.generated))), "prompts_used": used, **upd,
-            "reward_mean": seen.reward / max(seen.total.sum(), 1), "response_len": seen.tokens / max(seen.total.sum(), 1),
-            "seconds": seconds, "seconds_gen": seen.seconds,
+            "train_acc": (seen["correct"] / np.maximum(seen["total"], 1)).tolist(), "rounds": batch.rounds,
+            "generated": batch.generated, "accepted": batch.accepted, "prompts_generated": int(sum(map(sum, batch.generated))),
+            "prompts_used": used, **upd, "reward_mean": seen["reward"] / max(seen["total"].sum(), 1),
+            "response_len": seen["tokens"] / max(seen["total"].sum(), 1), "seconds": seconds, "seconds_gen": seen["seconds"],
             **({"sec_q": state.sec_q.tolist()} if sec else {})}
 
 def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, eta: float) -> str:
@@ -645,8 +632,7 @@ def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
     """Worst-task accuracy (the paper's headline metric) and the average over tasks."""
     return min(acc.values()), sum(acc.values()) / len(acc)
 
-def evaluate(sample: Callable, score: Callable, test: list[tuple[list, list]], names: list[str], k: int,
-             seed: int, step: int) -> dict[str, Any]:
+def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k: int, seed: int, step: int) -> dict[str, Any]:
     """mean@k on each task's test split -> the eval record, sampled on a forked RNG: evaluating never changes training."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
@@ -656,14 +642,7 @@ def evaluate(sample: Callable, score: Callable, test: list[tuple[list, list]], n
     print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | " + " ".join(f"{t} {v:.3f}" for t, v in acc.items()), flush=True)
     return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
 
-# --- Machinery: the policy model, the output directory, checkpoints --------------------------------------------------
-def load_model(name: str, device: torch.device, grad_checkpointing: bool = False, seed: int = 0):
-    """The policy and its tokenizer (tasks.load_pretrained). Master weights stay fp32 (AdamW at lr 1e-6 on bf16 weights
-    rounds most updates away; bf16 comes from autocast); dropout is off, so pi_old and pi_theta are one function."""
-    from tasks import load_pretrained
-    model, tokenizer = load_pretrained(name, seed, grad_checkpointing)
-    return model.to(device), tokenizer
-
+# --- Machinery: precision, the output directory, checkpoints -----------------------------------------------------------
 def autocast(device: torch.device):
     """bf16 autocast on GPU over fp32 master weights; on CPU whatever the caller set (fp32 unless it opened one)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -708,7 +687,8 @@ def save_checkpoint(out_dir: str, model, tokenizer, opt, xi_opt, state: LoopStat
     shutil.copy(log_path, os.path.join(tmp, "log.jsonl"))
     for f in [*(os.path.join(tmp, f) for f in os.listdir(tmp)), tmp]:
         fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd), os.close(fd)
+        os.fsync(fd)
+        os.close(fd)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     for old in checkpoints(out_dir)[:-keep]:  # only now that the new one is complete
@@ -749,8 +729,7 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt, xi_opt, state: LoopSt
 # GRPO's N rows of a group share one prompt: run it once, in generate() and in the log-prob passes, and let the rows
 # continue from its KV cache (the prompt then costs 1/N; N = 72 in Exp. 1). Gradients sum back into the one pass.
 def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
-    """Run U left-padded prompts (U, P) once -> (KV cache of len(rows) rows, row r holding prompt rows[r];
-    final hidden states (U, P, H)). Positions are cumsum(att) - 1, as generate() builds them."""
+    """U left-padded prompts (U, P), run once -> (a KV cache whose row r holds prompt rows[r], hidden states (U, P, H))."""
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
     hidden = model.base_model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(dim=1) - 1).clamp(min=0),
@@ -789,7 +768,6 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: torch.Ten
 @functools.cache
 def _cache_kwarg(cls: type) -> str:
     """transformers 5.2x renamed forward's `past_key_values` to `cache`; take whichever this one has."""
-    import inspect
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 # --- CLI: every Config field is a flag; --preset and --method fill several at once; explicit flags win ---------------

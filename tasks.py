@@ -824,10 +824,10 @@ def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
     return path
 
 
-def load_pretrained(name: str, seed: int = 0, grad_checkpointing: bool = False):
-    """(model, tokenizer) by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a local
-    directory alike ("tiny" is built first from `seed`), ready to train: fp32 weights, dropout off, train mode, the
-    KV cache on for generation. Errors name the way out."""
+def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: int = 0):
+    """The policy and its tokenizer by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a
+    local directory alike ("tiny" is built first from `seed`), ready to train on `device`. Master weights stay fp32:
+    AdamW at lr 1e-6 on bf16 weights rounds most updates away, and bf16 comes from autocast. Errors name the way out."""
     import tempfile
 
     import torch
@@ -837,7 +837,7 @@ def load_pretrained(name: str, seed: int = 0, grad_checkpointing: bool = False):
     logging.disable_progress_bar()  # HF's bars would cut through the trainer's step lines
     if name == "tiny":
         with tempfile.TemporaryDirectory() as d:
-            return load_pretrained(build_tiny_model(d, seed=seed), grad_checkpointing=grad_checkpointing)
+            return load_model(build_tiny_model(d, seed=seed), device, grad_checkpointing)
     path = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(path):
         raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "
@@ -869,7 +869,7 @@ def load_pretrained(name: str, seed: int = 0, grad_checkpointing: bool = False):
         enable = getattr(model, "activation_checkpointing_enable", None)
         enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
     model.config.use_cache = True
-    return model.train(), tokenizer
+    return model.train().to(device), tokenizer
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

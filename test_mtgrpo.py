@@ -15,7 +15,7 @@ import torch
 
 import mtgrpo as M
 from bench.metrics import average_relative_change, steps_to_threshold
-from tasks import build_tiny_model
+from tasks import build_tiny_model, load_model
 
 
 # -----------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
-    return M.load_model(tiny_dir, torch.device("cpu"))
+    return load_model(tiny_dir, torch.device("cpu"))
 
 
 # -----------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def _logprobs_and_grads(model, prompts, resp, pad_id, share):
 def test_shared_prompt_forward_equals_row_by_row(tiny_dir, T):
     """Running each distinct prompt once and sharing its KV cache (rows of two groups of unequal prompt
     length, one group cut by the micro-batch edge) gives the row-by-row log-probs and gradients."""
-    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    model, tok = load_model(tiny_dir, torch.device("cpu"))
     a, b = tok("copy abcdef:")["input_ids"], tok("sum 3+4:")["input_ids"]
     prompts = [a, a, a, b, b]
     resp = torch.randint(2, 60, (5, T), generator=torch.Generator().manual_seed(0))
@@ -221,8 +221,8 @@ def test_shared_prompt_forward_equals_row_by_row(tiny_dir, T):
 def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
     """HF drops the KV cache of checkpointed layers in train mode: the shared path must not be taken
     there (the responses would lose their prompt), with or without gradients."""
-    plain, tok = M.load_model(tiny_dir, torch.device("cpu"))
-    ckpt, _ = M.load_model(tiny_dir, torch.device("cpu"), grad_checkpointing=True)
+    plain, tok = load_model(tiny_dir, torch.device("cpu"))
+    ckpt, _ = load_model(tiny_dir, torch.device("cpu"), grad_checkpointing=True)
     a = tok("copy abcdef:")["input_ids"]
     resp = torch.randint(2, 60, (3, 5), generator=torch.Generator().manual_seed(1))
     lp_ref, g_ref = _logprobs_and_grads(plain, [a] * 3, resp, tok.pad_token_id, share=False)
@@ -261,7 +261,7 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
     lengths included (a one-token prompt beside a longer one has only padding to prefill); one-token
     prompts alone, or n = 1, have nothing to share. The weights are scaled up so that the next-token
     distributions are peaked: near-uniform ones would hide a wrong prefix."""
-    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    model, tok = load_model(tiny_dir, torch.device("cpu"))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)
@@ -617,8 +617,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     strip = lambda log: [{k: v for k, v in r.items() if not k.startswith(("seconds", "gen_tokens_per_s")) and k not in ("out_dir", "resume")}
                          for r in log]  # noqa: E731
     assert strip(_log(full)) == strip(_log(resumed))
-    a = M.load_model(str(tmp_path / "full" / "checkpoint-6"), torch.device("cpu"))[0].state_dict()
-    b = M.load_model(str(tmp_path / "resumed" / "checkpoint-6"), torch.device("cpu"))[0].state_dict()
+    a = load_model(str(tmp_path / "full" / "checkpoint-6"), torch.device("cpu"))[0].state_dict()
+    b = load_model(str(tmp_path / "resumed" / "checkpoint-6"), torch.device("cpu"))[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -639,7 +639,7 @@ def test_old_logprob_pass_equals_training_forward(tiny):
 def test_later_minibatches_use_the_pass_before_the_first_update(tiny_dir):
     """pi_old of minibatches 2.. is theta_t's (one no-grad pass before any update), not the current weights':
     after minibatch 1's step their ratio pi / pi_old moves off 1, while minibatch 1's is exactly 1."""
-    model, tok = M.load_model(tiny_dir, torch.device("cpu"))
+    model, tok = load_model(tiny_dir, torch.device("cpu"))
     g = torch.Generator().manual_seed(3)
     groups = [M.Group(0, tok(f"copy {c}:")["input_ids"], resp := torch.randint(2, 90, (4, 5), generator=g),
                       M.response_mask(resp, [1]), torch.tensor([1.0, 0.0, 0.0, 1.0])) for c in "abcd"]

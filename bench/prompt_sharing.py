@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model, load_task, make_prompt  # noqa: E402
+from tasks import build_tiny_model, load_model, load_task, make_prompt  # noqa: E402
 
 N, PROMPTS, MICRO = 8, 8, 8
 
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model, tok = M.load_model(build_tiny_model("/tmp/mtgrpo_tiny_model"), torch.device("cpu"))
+    model, tok = load_model(build_tiny_model("/tmp/mtgrpo_tiny_model"), torch.device("cpu"))
     # The tiny model says 512 positions (workload W1's shape, bench/README.md), but RoPE has no position
     # table: longer prompts compute the same way, and raising the label only silences generate()'s length
     # reminder.

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model  # noqa: E402
+from tasks import build_tiny_model, load_model  # noqa: E402
 from trl_peer import w1_prompts  # noqa: E402
 
 B, K = 8, 3  # prompts per step, task labels
@@ -101,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        model, tok = M.load_model(build_tiny_model(d), torch.device("cpu"))
+        model, tok = load_model(build_tiny_model(d), torch.device("cpu"))
     settings = [(4, 64), (8, 64), (16, 64), (8, 128), (8, 256)]  # (N, T)
     print(f"`python3 bench/{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])}`".replace(" `", "`"))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model, stop_token_ids  # noqa: E402
+from tasks import build_tiny_model, load_model, stop_token_ids  # noqa: E402
 # W1's prompts, reward and the host-noise probes come from the peer script itself (bench/trl_peer.py; it
 # imports TRL only inside its main): one definition for both sides
 from trl_peer import (W1, cpu_calibration_gflops, other_processes_cpu, read_busy_ticks,  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import transformers
 
-    model, tok = M.load_model(build_tiny_model(a.model_dir, newline=False, seed=W1["model_seed"]), torch.device("cpu"),
+    model, tok = load_model(build_tiny_model(a.model_dir, newline=False, seed=W1["model_seed"]), torch.device("cpu"),
                               a.grad_checkpointing)
     pad_id, eos_ids = tok.pad_token_id, stop_token_ids(model, tok)
     cfg = M.Config(batch_size=PROMPTS, num_rollouts=ROLLOUTS, max_response_len=TOKENS, temperature=1.0, top_p=1.0,
