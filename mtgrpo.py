@@ -706,7 +706,7 @@ def read_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
             raise FileNotFoundError(f"{missing[0]} is missing")
     except Exception as e:  # truncated or zero-byte file, missing pieces, a pickle that would run code
         older = [c for c in checkpoints(os.path.dirname(os.path.abspath(ckpt))) if c != os.path.abspath(ckpt)]
-        raise ValueError(f"--resume: {ckpt} is damaged or unsafe to load ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+        raise ValueError(f"--resume: {ckpt} is damaged or unsafe to load ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}); "
                          + (f"resume from {older[-1]} instead" if older else "no other checkpoint to resume from")) from None
     return ckpt, saved
 

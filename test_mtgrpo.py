@@ -6,8 +6,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -690,6 +692,8 @@ def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
     (["--weighting", "reward_l2"], "pass --xi-optimizer sgd"),
     (["--out-dir", "/proc/mtgrpo-not-writable"], "--out-dir"),
     (["--resume", "/tmp"], "is not a checkpoint"),
+    (["--tasks", "toy_copy,toy_next,toy_copy"], "toy_copy more than once"),
+    (["--batch-size", "4", "--minibatch-size", "8"], "--minibatch-size 8 is larger than --batch-size 4"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     argv = argv + (["--out-dir", str(tmp_path / "o")] if "--out-dir" not in argv else [])
@@ -751,3 +755,117 @@ def test_unreachable_hub_names_the_alternatives(tmp_path):
     assert "Traceback" not in p.stderr
     assert p.returncode == 2 and last.startswith("error: could not load model 'Qwen/Qwen2.5-0.5B'")
     assert "local directory" in last and "--model tiny" in last
+    assert not os.path.exists(tmp_path / "o")  # a failed start leaves no files behind
+
+
+# -----------------------------------------------------------------------------
+# Runs that survive interruption: signals, damaged checkpoints, out-dir reuse (subprocesses: ~40 s in all)
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHORT = ["--model", "tiny", "--steps", "14", "--eval-every", "7", "--eval-prompts", "8", "--eval-k", "2"]
+
+
+def _records(run_dir):
+    """A run's train and eval records without the timing fields."""
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")}
+            for r in map(json.loads, open(os.path.join(run_dir, "log.jsonl"))) if r["kind"] != "config"]
+
+
+def _weights(ckpt):
+    return load_model(ckpt, torch.device("cpu"))[0].state_dict()
+
+
+def _interrupt(out_dir, signals, after_steps=3):
+    """Start the CLI, wait until `after_steps` steps are logged, send `signals` 0.1 s apart -> the finished process."""
+    p = subprocess.Popen([sys.executable, "mtgrpo.py", *SHORT, "--out-dir", str(out_dir)], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out_dir / "log.jsonl"
+    while p.poll() is None and not (log.exists() and log.read_text().count('"kind": "train"') >= after_steps):
+        time.sleep(0.05)
+    for sig in signals:
+        p.send_signal(sig)
+        time.sleep(0.1)
+    out, err = p.communicate(timeout=120)
+    return p.returncode, out, err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """SIGINT mid-run: the step finishes, a checkpoint is written, exit 130 with no traceback and the resume command;
+    resuming gives the uninterrupted run's log (timings aside) and its final weights bit for bit."""
+    assert M.main([*SHORT, "--out-dir", str(tmp_path / "full")]) == 0
+    rc, out, err = _interrupt(tmp_path / "cut", [signal.SIGINT])
+    assert rc == 130 and "Traceback" not in err and f"--resume {tmp_path / 'cut'}" in out, (rc, out[-500:], err[-500:])
+    stopped_at = int(re.search(r"stopped after step (\d+)", out).group(1))
+    assert 3 <= stopped_at < 14 and M.checkpoints(str(tmp_path / "cut"))[-1].endswith(f"checkpoint-{stopped_at}")
+    assert M.main(["--resume", str(tmp_path / "cut")]) == 0
+    assert _records(tmp_path / "full") == _records(tmp_path / "cut")
+    a, b = _weights(str(tmp_path / "full" / "checkpoint-14")), _weights(str(tmp_path / "cut" / "checkpoint-14"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_and_a_second_signal_quits_at_once(tmp_path):
+    rc, out, err = _interrupt(tmp_path / "term", [signal.SIGTERM])
+    assert rc == 143 and "Traceback" not in err and "stopped after step" in out
+    assert M.checkpoints(str(tmp_path / "term"))
+    t = time.perf_counter()
+    rc, out, err = _interrupt(tmp_path / "twice", [signal.SIGINT, signal.SIGINT], after_steps=1)
+    assert rc == 130 and "Traceback" not in err and "stopped after step" not in out  # quit without finishing the step
+    assert time.perf_counter() - t < 60
+
+
+def test_checkpoints_are_atomic_kept_and_refused_when_damaged(tmp_path, capsys):
+    """Only the newest --keep-checkpoints complete checkpoints stay; a half-written one (.tmp) is never picked; a
+    truncated, empty or code-running trainer_state.pt is refused in one line that names the checkpoint to use."""
+    run = tmp_path / "run"
+    assert M.main([*SHORT, "--steps", "4", "--save-every", "1", "--out-dir", str(run)]) == 0
+    assert sorted(os.listdir(run)) == ["checkpoint-3", "checkpoint-4", "log.jsonl"]
+    (run / "checkpoint-9.tmp").mkdir()  # a write that was cut short
+    assert M.read_checkpoint(str(run))[0] == str(run / "checkpoint-4")
+    state = run / "checkpoint-4" / "trainer_state.pt"
+    data = state.read_bytes()
+
+    class Planted:  # unpickling this would create a file
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    for damage in (data[:len(data) // 2], b"", None):
+        if damage is None:
+            torch.save({"config": {}, "payload": Planted()}, state)
+        else:
+            state.write_bytes(damage)
+        capsys.readouterr()
+        assert M.main(["--resume", str(run), "--steps", "6"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "damaged or unsafe" in err[0] and "resume from" in err[0] and "checkpoint-3" in err[0], err
+    assert not (tmp_path / "pwned").exists()
+    assert M.main(["--resume", str(run / "checkpoint-3"), "--steps", "5", "--out-dir", str(tmp_path / "on")]) == 0
+
+
+def test_out_dir_reuse_is_refused_overwrite_clears_and_a_finished_run_says_so(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    assert M.main([*SHORT, "--steps", "2", "--out-dir", out]) == 0
+    capsys.readouterr()
+    assert M.main([*SHORT, "--steps", "2", "--out-dir", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0]
+    assert M.main(["--resume", out]) == 0 and "the run is finished" in capsys.readouterr().out
+    assert M.main([*SHORT, "--steps", "1", "--out-dir", out, "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "log.jsonl"]  # the old run's checkpoint-2 is gone
+
+
+def test_failed_start_leaves_no_files_and_the_cli_lists_tasks_and_explains_every_flag(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b", "verifier": "exact"}\n{"prompt": \n')
+    assert M.main(["--tasks", str(bad), "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}:2:") and err.count("line") == 0 and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        M.parse_args(["--list-tasks"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("countdown_{easy,medium,hard,very_hard}", "toy_copy", ".jsonl"))
+    with pytest.raises(SystemExit):
+        M.parse_args(["--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    for f in M.fields(M.Config):
+        assert f.metadata["help"] and " ".join(f.metadata["help"].split())[:40] in helptext, f.name
+    assert "--steps STEPS training steps (paper: 720) (default 200; with --model tiny: 100)" in helptext
