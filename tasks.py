@@ -832,9 +832,11 @@ def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: i
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging
 
-    logging.disable_progress_bar()  # HF's bars would cut through the trainer's step lines
+    logging.disable_progress_bar()  # third-party bars would cut through the trainer's step lines
+    disable_progress_bars()
     if name == "tiny":
         with tempfile.TemporaryDirectory() as d:
             return load_model(build_tiny_model(d, seed=seed), device, grad_checkpointing)
