@@ -270,7 +270,7 @@ class Config:
     eval_k: int = arg(8, "samples per test prompt for mean@k (paper: 8)", "[1, inf)")
     eval_prompts: int = arg(200, "test prompts per task (paper: 200)", "[1, inf)")
     n_train: int = arg(1000, "train prompts per task (paper: 1000; released data: 10000)", "[1, 10000]")
-    prompt_style: str = arg("auto", "r1: the paper's wrapper; chat: template; auto: chat if any", choices=("auto", "r1", "chat", "plain"))
+    prompt_style: str = arg("auto", "r1: the paper's wrapper; chat: template; auto: chat for instruct models", choices=("auto", "r1", "chat", "plain"))
     box_rule: str = arg("last", "the last \\boxed{}, or the last on the last line (released code)", choices=("last", "last_line"))
     sampler: str = arg("rp", "RP sampler (Alg. 2), DAPO's, or one round", choices=("rp", "dynamic", "grpo"), group="method")
     weighting: str = arg("iwu", "task weights: Subroutine 1, Subroutine 2, SEC, uniform", choices=("iwu", "reward_l2", "sec", "uniform"))
@@ -521,7 +521,7 @@ class LoopState:  # what Algorithm 1 carries from one step to the next besides t
 
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
-    from tasks import load_model, load_tasks, stop_token_ids, tokenize_tasks
+    from tasks import load_model, load_tasks, prompt_style, stop_token_ids, tokenize_tasks
     from verify import score
     validate(cfg)  # every input check comes before the model loads, and a failed start leaves no files
     ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
@@ -533,8 +533,9 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # every sampling decision: tasks, prompts, trimming
     model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
-    pad_id, eos_ids = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
-    names, train_sets, test_sets = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, cfg.prompt_style)
+    style = prompt_style(cfg.prompt_style, model, tokenizer)  # auto: the chat template for instruct models, else r1
+    pad_id, eos_ids = tokenizer.pad_token_id, stop_token_ids(model, tokenizer, style)
+    names, train_sets, test_sets = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, style)
     K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     state = LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
@@ -549,9 +550,8 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     score_ = functools.partial(score, tokenizer=tokenizer, box_rule=cfg.box_rule)
     sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_, N=N, filter_mode=cfg.filter, rng=rng)
     logprobs = functools.partial(shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
-    print(f"mtgrpo | method {method_name(cfg)} | model {cfg.model} on {device} | tasks {', '.join(names)}\n  B={B} prompts x "
-          f"N={N} rollouts | M_os*B={int(round(cfg.os_factor * B))} prompts per round | {math.ceil(B / cfg.minibatch_size)} "
-          f"updates/step | eps_high={cfg.eps_high} | filter={cfg.filter} | log {log_path}")  # derived sizes, once
+    print(f"mtgrpo | {method_name(cfg)} | {cfg.model} on {device} | {', '.join(names)}\n  B={B} prompts x N={N} | M_os*B="
+          f"{int(round(cfg.os_factor * B))} per round | {math.ceil(B / cfg.minibatch_size)} updates/step | {style} prompts | log {log_path}")
 
     last_eval, stop, t_start, first = {}, stop if stop is not None else {}, time.perf_counter(), state.step
     for step in range(state.step + 1, cfg.steps + 1):

@@ -850,6 +850,7 @@ def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: i
                              "pass e.g. Qwen/Qwen2.5-0.5B, a local path, or --model tiny")
         path = f"Qwen/{path}"
     try:
+        path = path if os.path.isdir(path) else _cached_or_reachable(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         # transformers 5 forces Qwen2Tokenizer for model type qwen2, which mangles a plain fast tokenizer
         # (the tiny one loses its spaces): load by the class the tokenizer was saved as.
@@ -874,10 +875,58 @@ def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: i
     return model.train().to(device), tokenizer
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a response: the generation config may list several (Qwen instruct: 2)."""
+def _cached_or_reachable(name: str) -> str:
+    """A hub model's snapshot in the local cache, else its name once the hub answers: without a network this fails in
+    seconds with one reason, instead of a storm of retries inside from_pretrained."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, snapshot_download
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached (or not fully): go online if we can
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise OSError("not in the local cache, and HF_HUB_OFFLINE is set")
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        raise OSError(f"not in the local cache, and {host} cannot be reached ({e})") from None
+    return name
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token a chat template closes the assistant's turn with (<|im_end|> in ChatML), found by rendering one
+    exchange and reading what follows the answer; None without a template, or if no special token follows."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "MTGRPO-ANSWER"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}], tokenize=False)
+    ids = tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False)["input_ids"]
+    return ids[0] if ids and ids[0] in tokenizer.all_special_ids + list(tokenizer.added_tokens_decoder) else None
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     return sorted(set(([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]) - {None})
+
+
+def prompt_style(style: str, model, tokenizer) -> str:
+    """--prompt-style auto: the chat template for chat (instruct) models, the paper's raw r1 wrapper for base models.
+    A model counts as a chat model when its tokenizer has a chat template whose end-of-turn token is one of the
+    model's own EOS ids: instruct checkpoints stop there (Qwen2.5-Instruct, SmolLM2-Instruct), while base
+    checkpoints ship the same template but stop at <|endoftext|> (Qwen2.5 base)."""
+    if style != "auto":
+        return style
+    return "chat" if end_of_turn_id(tokenizer) in _eos_ids(model, tokenizer) else "r1"
+
+
+def stop_token_ids(model, tokenizer, style: str = "r1") -> list[int]:
+    """Every id that ends a response: the model's EOS ids (its generation config may list several), plus the chat
+    template's end-of-turn token when prompts use the template, so a chat-style rollout stops at the end of its turn."""
+    eot = end_of_turn_id(tokenizer) if style == "chat" else None
+    return sorted(set(_eos_ids(model, tokenizer) + ([eot] if eot is not None else [])))
 
 
 def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
@@ -892,12 +941,9 @@ def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[l
 
 
 def tokenize_tasks(loaded: list[tuple[list[Example], list[Example]]], tokenizer, n_test: int, max_prompt_len: int,
-                   prompt_style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
-    """Tokenize every task's prompts once: -> labels, train, test, where train[k] = (examples, prompt id lists).
-    Prompts over max_prompt_len tokens are dropped, loudly."""
-    style = prompt_style
-    if style == "auto":  # the paper's base models get the raw r1 wrapper; instruct models their template
-        style = "chat" if getattr(tokenizer, "chat_template", None) else "r1"
+                   style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
+    """Tokenize every task's prompts once, in prompt style r1, chat or plain: -> labels, train, test, where train[k] =
+    (examples, prompt id lists). Prompts over max_prompt_len tokens are dropped, loudly."""
     train, test = [], []
     for tr, te in loaded:
         name = tr[0].task
