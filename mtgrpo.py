@@ -169,8 +169,7 @@ class SampledBatch:
     stats: list[Any] = field(default_factory=list)            # per round: sample_round's stats
     rounds: int = 0                                           # generation rounds, the first included
 
-def _check_sampler_args(z: np.ndarray, B: int, rho: np.ndarray, os_factor: float, max_rounds: int,
-                        acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _check_sampler_args(z, B: int, rho, os_factor: float, max_rounds: int, acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
     _check_distribution(z)
     for ok, msg in ((B >= 1, f"B (batch size in prompts) must be >= 1, got {B}"),
@@ -814,7 +813,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
         if preset or method:
             raise ValueError("--preset and --method cannot go with --resume: a resumed run keeps its config (set single flags)")
-        return Config(**{**read_checkpoint(args["resume"])[1]["config"], **args})
+        ckpt, saved = read_checkpoint(args["resume"])  # the run goes on in the checkpoint's own directory
+        return Config(**{**saved["config"], "out_dir": os.path.dirname(os.path.abspath(ckpt)), **args})
     for flag, value, allowed in (("--preset", preset, PRESETS), ("--method", method, METHODS)):
         if value not in (None, *allowed):
             raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -776,15 +777,19 @@ def _weights(ckpt):
 
 
 def _interrupt(out_dir, signals, after_steps=3):
-    """Start the CLI, wait until `after_steps` steps are logged, send `signals` 0.1 s apart -> the finished process."""
+    """Start the CLI, wait until `after_steps` steps are logged, send the first signal, and a second one (if given) as
+    soon as the handler has answered, so that it lands while the step is still running -> (status, stdout, stderr)."""
     p = subprocess.Popen([sys.executable, "mtgrpo.py", *SHORT, "--out-dir", str(out_dir)], cwd=ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = out_dir / "log.jsonl"
     while p.poll() is None and not (log.exists() and log.read_text().count('"kind": "train"') >= after_steps):
         time.sleep(0.05)
-    for sig in signals:
-        p.send_signal(sig)
-        time.sleep(0.1)
+    p.send_signal(signals[0])
+    if len(signals) > 1:
+        for line in p.stderr:
+            if "saving after this step" in line:
+                break
+        p.send_signal(signals[1])
     out, err = p.communicate(timeout=120)
     return p.returncode, out, err
 
@@ -851,6 +856,9 @@ def test_out_dir_reuse_is_refused_overwrite_clears_and_a_finished_run_says_so(tm
     assert M.main(["--resume", out]) == 0 and "the run is finished" in capsys.readouterr().out
     assert M.main([*SHORT, "--steps", "1", "--out-dir", out, "--overwrite"]) == 0
     assert sorted(os.listdir(out)) == ["checkpoint-1", "log.jsonl"]  # the old run's checkpoint-2 is gone
+    shutil.move(out, tmp_path / "moved")  # a run directory goes on where it is now, not where it was made
+    assert M.main(["--resume", str(tmp_path / "moved"), "--steps", "2"]) == 0
+    assert not os.path.exists(out) and M.checkpoints(str(tmp_path / "moved"))[-1].endswith("checkpoint-2")
 
 
 def test_failed_start_leaves_no_files_and_the_cli_lists_tasks_and_explains_every_flag(tmp_path, capsys):
