@@ -83,8 +83,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
     divides the token sum by the tokens, seq_mean (GRPO) averages per response first; micro-batches pass their minibatch's
     count as `normalizer`. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay tensors: no GPU sync."""
     if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
-        raise ValueError(f"shape mismatch: logp, old_logp, mask, adv have {[tuple(t.shape) for t in (logp, old_logp, mask, adv)]}"
-                         " (want (R, T) x3 and (R,))")
+        raise ValueError(f"shape mismatch: want (R, T) x3 and (R,), got {[tuple(t.shape) for t in (logp, old_logp, mask, adv)]}")
     term = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
     if tau > 0:
         if ref_logp is None:
@@ -106,13 +105,13 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
         return loss, {"clip_frac": (clipped.float() * mask).sum() / n, "ratio_mean": (ratio * mask).sum() / n}
 
 # --- Task weights: I_k (Eq. 8), IWU (Subroutine 1), reward-only + L2 (Subroutine 2), SEC -----------------------------
-def task_objectives(surrogate: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, K: int) -> torch.Tensor:
-    """J_GRPO,k: token-mean of the clipped surrogate (R, T) over task k's tokens. -> (K,), 0 for absent tasks.
-    At theta_t the ratio is 1 and the surrogate is A, so J_GRPO,k(theta_t) needs no forward pass."""
-    per_row = (surrogate * mask).sum(dim=1)  # (R,)
+def task_objectives(surrogate: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, K: int, agg: str = "mean") -> torch.Tensor:
+    """J_GRPO,k: the clipped surrogate (R, T) over task k's tokens -> (K,): a token mean, or each response's mean summed
+    ("sum", the released code). At theta_t the ratio is 1 and the surrogate is A: J_GRPO,k(theta_t) needs no forward."""
+    per_row = (surrogate * mask).sum(dim=1) / (mask.sum(dim=1).clamp(min=1.0) if agg == "sum" else 1.0)  # (R,)
     num = torch.zeros(K, dtype=per_row.dtype, device=per_row.device).index_add_(0, task_ids, per_row)
     den = torch.zeros(K, dtype=per_row.dtype, device=per_row.device).index_add_(0, task_ids, mask.sum(dim=1))
-    return num / den.clamp(min=1.0)
+    return num if agg == "sum" else num / den.clamp(min=1.0)
 
 def task_improvement(j_before: torch.Tensor, j_after: torch.Tensor, clip: float = 0.1) -> torch.Tensor:
     """Eq. 8: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t), clipped to [-c, c] (App. E, c = 0.1)."""
@@ -153,10 +152,9 @@ def task_weights(weighting: str, xi: torch.Tensor, sec_q: np.ndarray, sec_temper
     return z / z.sum()  # exactly a distribution for the multinomial draws
 
 # --- Batch construction: the RP sampler (Algorithm 2) and the baselines' sampler -------------------------------------
-# Samplers call `sample_round(counts) -> (survivors, stats)`: draw counts[k] prompts of task k, generate N
-# rollouts each, score, filter; survivors[k] are task k's groups that passed, stats whatever the round wants
-# logged (kept in SampledBatch.stats). Samplers never see a model, so fakes test them.
-SampleRound = Callable[[np.ndarray], "tuple[list[list[Any]], Any]"]
+# Samplers call `sample_round(counts) -> (survivors, stats)`: draw counts[k] prompts of task k, generate N rollouts
+# each, score, filter; survivors[k] are task k's groups that passed, stats whatever the round logs (SampledBatch.stats).
+# Samplers never see a model, so fakes test them.
 
 @dataclass
 class SampledBatch:
@@ -188,7 +186,7 @@ def update_filter_rates(rho: np.ndarray, generated: np.ndarray, accepted: np.nda
     rho[gen] = decay * rho[gen] + (1 - decay) * (1.0 - accepted[gen] / generated[gen])
     return np.minimum(rho, 1.0 - 1e-9)  # float rounding must not reach 1: m_k = 1 / (1 - rho_k)
 
-def _generation_round(batch: SampledBatch, sample_round: SampleRound, counts: np.ndarray, rho_decay: float) -> list[list[Any]]:
+def _generation_round(batch: SampledBatch, sample_round: Callable, counts: np.ndarray, rho_decay: float) -> list[list[Any]]:
     """Alg. 2 lines 5-9 / 16-22: one round of generate, score and filter, logged into batch, rho updated."""
     survivors, stats = sample_round(counts)
     accepted = np.array([len(s) for s in survivors])
@@ -199,7 +197,7 @@ def _generation_round(batch: SampledBatch, sample_round: SampleRound, counts: np
     batch.rho = update_filter_rates(batch.rho, counts, accepted, rho_decay)
     return survivors
 
-def rp_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray, rng: np.random.Generator,
+def rp_sample(z: np.ndarray, B: int, sample_round: Callable, rho: np.ndarray, rng: np.random.Generator,
               os_factor: float = 3, max_rounds: int = 10, acc_cap: float = 5.0, rho_decay: float = 0.9,
               inflate: bool = True) -> SampledBatch:
     """Algorithm 2, the RP sampler: a post-filter batch of B groups whose task shares follow z. os_factor = M_os,
@@ -234,7 +232,7 @@ def _trim_to_targets(accepted: list[list[Any]], n: np.ndarray, B: int, rng: np.r
     keep = rng.permutation(keep).tolist()
     return [pool[i][1] for i in keep], [pool[i][0] for i in keep]
 
-def dynamic_sample(z: np.ndarray, B: int, sample_round: SampleRound, rho: np.ndarray, rng: np.random.Generator,
+def dynamic_sample(z: np.ndarray, B: int, sample_round: Callable, rho: np.ndarray, rng: np.random.Generator,
                    os_factor: float = 3, max_rounds: int = 10, rho_decay: float = 0.9) -> SampledBatch:
     """The baselines' sampler (DAPO's): M_os B prompts by z per round until B survive the filter (or N_rs more rounds
     pass); the first B. GRPO: os_factor=1, max_rounds=0, no filter. A task filtered at rate rho_k gets a share
@@ -295,10 +293,11 @@ class Config:
     grad_checkpointing: bool = arg(False, "recompute activations in backward: less memory, ~30%% slower update")
     lam: float = arg(0.2, "lambda of s = I + lambda J (Exp. 1: 0.2, Exp. 2: 0.1-1.2)", "[0, inf)", group="task weights")
     eta: float = arg(0.0, "L2 strength of reward_l2 (paper: 1e-5, 5e-4, 1e-2)", "[0, inf)")
-    xi_optimizer: str = arg("adamw", "optimizer on xi: adamw (paper) or sgd (xi <- xi - beta g)", choices=("adamw", "sgd"))
+    xi_optimizer: str = arg("adamw", "on xi: adamw (paper), sgd (xi - beta g), adam (released Subroutine 2)", choices=("adamw", "sgd", "adam"))
     xi_lr: float = arg(0.025, "beta, the step size on xi (paper: AdamW lr 0.025)", "(0, inf)")
     xi_weight_decay: float = arg(1e-5, "AdamW weight decay on xi (Exp. 1: 1e-5, Exp. 2: 1e-4)", "[0, inf)")
     improvement_clip: float = arg(0.1, "c: I_k is clipped to [-c, c] (Exp. 1: 0.1, Exp. 2: 0.2)", "(0, inf)")
+    improvement_agg: str = arg("mean", "I_k a token mean (paper) or a sum over responses (released code: lambda's scale)", choices=("mean", "sum"))
     os_factor: float = arg(3.0, "M_os: a round generates M_os B prompts (paper: 3)", "[1, inf)", group="RP sampler")
     max_resample_rounds: int = arg(10, "N_rs: rounds after the first (Exp. 1: 10, Exp. 2: 2); caps DAPO's too", "[0, inf)")
     acc_cap: float = arg(5.0, "M_acc: cap of the inflation m_k = 1/(1 - rho_k) (paper: 5)", "[1, inf)")
@@ -327,9 +326,6 @@ PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --mod
                  steps=720, batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024, max_response_len=4096,
                  filter="lenient", lam=1.2, max_resample_rounds=2, xi_weight_decay=1e-4, improvement_clip=0.2, prompt_style="r1"),
 }
-
-def method_name(cfg: Config) -> str:
-    return next((m for m, f in METHODS.items() if all(getattr(cfg, k) == v for k, v in f.items())), "custom")
 
 # --- Rollouts: HF generate, left-padded, KV cache on, temperature 1.0 / top_p 1.0 (App. E) ---------------------------
 @dataclass
@@ -449,7 +445,7 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
 
 def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[Group], K: int, *, pad_id: int,
                   minibatch_size: int, micro_batch_size: int, eps_low: float, eps_high: float, loss_agg: str, grad_clip: float,
-                  unbiased: bool, improvement_clip: float, measure_improvement: bool) -> tuple[dict, torch.Tensor, Rows | None]:
+                  unbiased: bool, improvement_clip: float, measure_improvement: bool, improvement_agg: str) -> tuple[dict, torch.Tensor, Rows | None]:
     """Algorithm 1, lines 4-5: minibatch updates, then I_k (Eq. 8) -> (stats, I (K,), rows). pi_old of minibatches 2..
     is one no-grad pass at theta_t; one more at theta_t+1 gives J_GRPO,k(theta_t+1) on the same samples and pi_old."""
     improvement = torch.zeros(K)
@@ -468,8 +464,8 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[G
     t2 = time.perf_counter()
     if measure_improvement:
         new_logp = batch_logprobs(logprobs, rows, list(range(len(rows.prompts))), micro_batch_size)
-        j_after = task_objectives(clipped_surrogate(new_logp, old_logp, rows.adv, eps_low, eps_high), rows.mask, rows.task, K)
-        j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K)  # ratio 1: A
+        j_after = task_objectives(clipped_surrogate(new_logp, old_logp, rows.adv, eps_low, eps_high), rows.mask, rows.task, K, improvement_agg)
+        j_before = task_objectives(rows.adv[:, None].expand_as(rows.mask), rows.mask, rows.task, K, improvement_agg)  # ratio 1: A
         improvement = task_improvement(j_before, j_after, improvement_clip)
     out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
     out.update(ratio_first_update=stats[0]["ratio_mean"], updates=len(minibatches), seconds_old_logp=t1 - t0,
@@ -477,27 +473,31 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[G
     return out, improvement, rows
 
 def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improvement: torch.Tensor, J: torch.Tensor,
-                        weighting: str, lam: float, eta: float) -> None:
-    """Subroutine 1, line 5 (or Subroutine 2): one optimizer step on the logits xi, in place."""
+                        weighting: str, lam: float) -> None:
+    """Subroutine 1, line 5 (or Subroutine 2 on lam J, whose eta xi is xi_opt's weight decay): one step on xi, in place."""
     z = torch.softmax(xi.detach(), dim=0)
-    xi.grad = iwu_gradient(z, improvement, J, lam) if weighting == "iwu" else reward_l2_gradient(z, J, xi.detach(), eta)
+    xi.grad = iwu_gradient(z, improvement, J, lam) if weighting == "iwu" else reward_l2_gradient(z, lam * J, xi.detach(), 0.0)
     xi_opt.step()
 
 def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
-    """SEC: Q_k <- decay Q_k + (1 - decay) mean |A| of task k's trained responses, for tasks in the batch."""
+    """SEC: Q_k <- decay Q_k + (1 - decay) mean |A| of task k's trained responses (0 for a task not in the batch)."""
     q = q.copy()
-    for k in set(rows.task.tolist()):
-        q[k] = decay * q[k] + (1 - decay) * float(rows.adv[rows.task == k].abs().mean())
+    for k in range(len(q)):
+        q[k] = decay * q[k] + (1 - decay) * (float(rows.adv[rows.task == k].abs().mean()) if (rows.task == k).any() else 0.0)
     return q
 
 # --- Training loop (Algorithm 1) -------------------------------------------------------------------------------------
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable, N: int,
-                  filter_mode: str, rng: np.random.Generator) -> tuple[list[list[Group]], dict[str, Any]]:
-    """Alg. 2 lines 5-9, the samplers' sample_round: draw counts[k] prompts of task k, sample N each, score, filter.
-    Its stats are what the round saw before filtering: J_k and the generation figures come from them."""
+                  filter_mode: str, rng: np.random.Generator, used: list[set]) -> tuple[list[list[Group]], dict[str, Any]]:
+    """Alg. 2 lines 5-9, the samplers' sample_round: draw, sample N each, score, filter; stats are from before the filter."""
     t, K = time.perf_counter(), len(data)
-    picks = [(k, int(i)) for k in range(K)
-             for i in rng.choice(len(data[k][0]), size=int(counts[k]), replace=int(counts[k]) > len(data[k][0]))]
+    picks = []
+    for k in range(K):  # without replacement within a step (`used`: its earlier rounds), as the released code draws
+        free = [i for i in range(len(data[k][0])) if i not in used[k]]
+        free = free if len(free) >= counts[k] else list(range(len(data[k][0])))  # a small task set runs out: reuse
+        idx = rng.choice(free, size=int(counts[k]), replace=len(free) < counts[k]).tolist()
+        used[k].update(idx)
+        picks += [(k, i) for i in idx]
     outs = sample([data[k][1][i] for k, i in picks], N)
     rewards = score([data[k][0][i] for k, i in picks], outs)
     survivors, stats = [[] for _ in range(K)], dict(correct=np.zeros(K), total=np.zeros(K), reward=0.0, tokens=0)
@@ -536,20 +536,20 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     pad_id, eos_ids = tokenizer.pad_token_id, stop_token_ids(model, tokenizer, style)
     names, train_sets, test_sets = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, style)
     K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
+    method = next((m for m, f in METHODS.items() if all(getattr(cfg, k) == v for k, v in f.items())), "custom")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     state = LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
-    xi_opt = (torch.optim.AdamW([state.xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay) if cfg.xi_optimizer == "adamw"
-              else torch.optim.SGD([state.xi], lr=cfg.xi_lr))
+    decay = cfg.eta if cfg.weighting == "reward_l2" else 0.0 if cfg.xi_optimizer == "sgd" else cfg.xi_weight_decay  # Subroutine 2: eta xi
+    xi_opt = dict(adamw=torch.optim.AdamW, adam=torch.optim.Adam, sgd=torch.optim.SGD)[cfg.xi_optimizer]([state.xi], cfg.xi_lr, weight_decay=decay)
     if saved:
         load_checkpoint(ckpt, saved, opt, xi_opt, state, rng, log_path)
     else:
-        log(log_path, {"kind": "config", "method": method_name(cfg), **asdict(cfg)})
+        log(log_path, {"kind": "config", "method": method, **asdict(cfg)})
     sample = functools.partial(generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id, eos_ids=eos_ids,
                                temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
     score_ = functools.partial(score, tokenizer=tokenizer, box_rule=cfg.box_rule)
-    sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_, N=N, filter_mode=cfg.filter, rng=rng)
     logprobs = functools.partial(shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
-    print(f"mtgrpo | {method_name(cfg)} | {cfg.model} on {device} | {', '.join(names)}\n  B={B} prompts x N={N} | M_os*B="
+    print(f"mtgrpo | {method} | {cfg.model} on {device} | {', '.join(names)}\n  B={B} prompts x N={N} | M_os*B="
           f"{int(round(cfg.os_factor * B))} per round | {math.ceil(B / cfg.minibatch_size)} updates/step | {style} prompts | log {log_path}")
 
     last_eval, stop, t_start, first = {}, stop if stop is not None else {}, time.perf_counter(), state.step
@@ -557,6 +557,8 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         # 1) task weights z (line 2): IWU's softmax(xi), SEC's Boltzmann, or uniform
         z = task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
+        sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_, N=N, filter_mode=cfg.filter,
+                                         rng=rng, used=[set() for _ in range(K)])
         # 2) the batch (line 3): generate, score and filter through the method's sampler
         if cfg.sampler == "rp":
             batch = rp_sample(z, B, sample_round, state.rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.acc_cap,
@@ -569,7 +571,8 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         upd, improvement, rows = policy_update(
             logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size, micro_batch_size=cfg.micro_batch_size,
             eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg, grad_clip=cfg.grad_clip,
-            unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip, measure_improvement=cfg.weighting == "iwu")
+            unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip, measure_improvement=cfg.weighting == "iwu",
+            improvement_agg=cfg.improvement_agg)
         if cfg.weighting == "sec" and rows is not None:
             state.sec_q = update_sec_values(state.sec_q, rows, cfg.sec_decay)
         # 4) J_k = this step's pre-filter accuracy, then z <- IWU (line 6, Subroutine 1)
@@ -577,7 +580,7 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         sampled = seen["total"] > 0
         state.J[torch.from_numpy(sampled)] = torch.from_numpy(seen["correct"][sampled] / seen["total"][sampled]).float()
         if cfg.weighting in ("iwu", "reward_l2"):
-            update_task_weights(state.xi, xi_opt, improvement, state.J, cfg.weighting, cfg.lam, cfg.eta)
+            update_task_weights(state.xi, xi_opt, improvement, state.J, cfg.weighting, cfg.lam)
         state.step = step
         # 5) log, evaluate, save
         z_next = task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
@@ -652,8 +655,7 @@ def prepare_out_dir(out_dir: str, overwrite: bool, resumed: str) -> str:
     same_run = resumed and os.path.realpath(os.path.dirname(os.path.abspath(resumed))) == os.path.realpath(out_dir)
     if os.path.isfile(path) and os.path.getsize(path) and not same_run:
         if not overwrite:
-            raise ValueError(f"--out-dir {out_dir} holds another run (log.jsonl): continue it with --resume {out_dir}, "
-                             "replace it with --overwrite, or pass another --out-dir")
+            raise ValueError(f"--out-dir {out_dir} holds another run: continue it (--resume {out_dir}), or --overwrite, or another --out-dir")
         for old in (d for d in os.listdir(out_dir) if re.fullmatch(r"checkpoint-\d+(\.tmp)?", d)):
             shutil.rmtree(os.path.join(out_dir, old))
         os.remove(path)
@@ -783,11 +785,9 @@ def validate(cfg: Config) -> None:
                 raise ValueError(f"{flag} must be in {within}, got {v}")
     check_task_list(cfg.tasks)
     if cfg.minibatch_size > cfg.batch_size:
-        raise ValueError(f"--minibatch-size {cfg.minibatch_size} is larger than --batch-size {cfg.batch_size}: set it to at most "
-                         "B (the paper uses B/4: 4 updates per step)")
-    if cfg.weighting == "reward_l2" and cfg.xi_optimizer != "sgd":
-        raise ValueError("--weighting reward_l2 is Subroutine 2's plain step xi <- xi - beta (g + eta xi): pass "
-                         "--xi-optimizer sgd (AdamW would rescale the eta * xi term and add its own weight decay)")
+        raise ValueError(f"--minibatch-size {cfg.minibatch_size} is larger than --batch-size {cfg.batch_size}; the paper uses B/4")
+    if cfg.weighting == "reward_l2" and cfg.xi_optimizer == "adamw":
+        raise ValueError("--weighting reward_l2 puts eta xi on the gradient: pass --xi-optimizer sgd (the paper) or adam (released code)")
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description="Multi-Task GRPO (arXiv 2602.05547), Algorithm 1 on one device. "

@@ -297,6 +297,35 @@ def test_task_objectives_and_improvement_hand_computed():
     assert torch.allclose(i, torch.tensor([0.05, -0.1, 0.1]))
 
 
+def test_task_objectives_sum_over_responses():
+    """--improvement-agg sum (the released code's scale): each response's token mean, summed over the task's responses.
+    Task 0: rows (1+3)/2 = 2 and 2/1 = 2 -> 4; task 2: (5+5)/2 = 5."""
+    surrogate = torch.tensor([[1.0, 3.0], [2.0, 0.0], [5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    assert M.task_objectives(surrogate, mask, torch.tensor([0, 0, 2]), K=3, agg="sum").tolist() == [4.0, 0.0, 5.0]
+
+
+def test_sec_values_decay_for_a_task_left_out():
+    rows = M.Rows([[1]] * 2, torch.zeros(2, 1), torch.ones(2, 1), torch.tensor([1.0, -1.0]), torch.tensor([0, 0]))
+    q = M.update_sec_values(np.array([0.5, 0.4]), rows, decay=0.5)
+    assert q == pytest.approx([0.5 * 0.5 + 0.5 * 1.0, 0.5 * 0.4])  # task 1 was not in the batch: it decays
+
+
+def test_a_steps_rounds_draw_prompts_without_replacement():
+    """Within one step (one `used`), no prompt of a task is drawn twice while unused ones remain; a round that wants
+    more than remain draws from all of them again."""
+    seen = []
+    sample = lambda prompts, n: [seen.append(p) or (torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1)) for p in prompts]  # noqa: E731
+    score = lambda examples, outs: [torch.tensor([1.0, 0.0]) for _ in outs]  # noqa: E731
+    data = [(list(range(5)), [[i] for i in range(5)])]
+    rng, used = np.random.default_rng(0), [set()]
+    for count in (3, 2):
+        M.rollout_round(np.array([count]), data, sample, score, 2, "strict", rng, used)
+    assert sorted(p[0] for p in seen) == [0, 1, 2, 3, 4]
+    survivors, stats = M.rollout_round(np.array([4]), data, sample, score, 2, "strict", rng, used)
+    assert len(seen) == 9 and stats["total"].tolist() == [8.0] and len(survivors[0]) == 4
+
+
 # -----------------------------------------------------------------------------
 # Subroutine 1 (IWU) and Subroutine 2
 
@@ -650,7 +679,7 @@ def test_later_minibatches_use_the_pass_before_the_first_update(tiny_dir):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     stats, _, _ = M.policy_update(logprobs, opt, groups, 1, pad_id=tok.pad_token_id, minibatch_size=1, micro_batch_size=4,
                                   eps_low=0.2, eps_high=0.28, loss_agg="token_mean", grad_clip=1.0, unbiased=True,
-                                  improvement_clip=0.1, measure_improvement=False)
+                                  improvement_clip=0.1, measure_improvement=False, improvement_agg="mean")
     assert stats["updates"] == 4 and stats["ratio_first_update"] == 1.0
     assert abs(stats["ratio_mean"] - 1.0) > 1e-3, stats  # minibatches 2..4 ran on moved weights
 
@@ -691,6 +720,7 @@ def test_local_path_loads_through_from_pretrained(tmp_path, tiny_dir):
     (["--sec-temperature", "0"], "--sec-temperature"),
     (["--sec-decay", "1"], "--sec-decay"),
     (["--weighting", "reward_l2"], "pass --xi-optimizer sgd"),
+    (["--weighting", "reward_l2", "--xi-optimizer", "adamw"], "or adam (released code)"),
     (["--out-dir", "/proc/mtgrpo-not-writable"], "--out-dir"),
     (["--resume", "/tmp"], "is not a checkpoint"),
     (["--tasks", "toy_copy,toy_next,toy_copy"], "toy_copy more than once"),
@@ -715,7 +745,8 @@ def test_flags_presets_and_booleans(capsys):
 
 
 def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
-    """Subroutine 2 in the loop: xi <- xi - beta (g + eta xi), g_k = z_k (J_k - z.J), and no I_k pass.
+    """Subroutine 2 in the loop on lambda J, as the released code: xi <- xi - beta (g + eta xi), g_k = z_k (lam J_k - z.lam J),
+    and no I_k pass.
     sum(xi) starts at 0 and the step keeps it there, so xi = log z - mean(log z); the logged z and
     z_next must then satisfy log z_next - log z = -beta (g + eta xi) up to a constant."""
     beta, eta = 2.0, 0.05
@@ -728,9 +759,21 @@ def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
         assert r["I"] == [0.0, 0.0, 0.0]
         z, J = np.array(r["z"]), np.array(r["J"])
         xi = np.log(z) - np.log(z).mean()
-        shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (J - z @ J) + eta * xi)
+        shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (cfg.lam * J - z @ (cfg.lam * J)) + eta * xi)
         assert np.ptp(shift) < 1e-5, shift
     assert max(abs(a - b) for r in train for a, b in zip(r["z"], r["z_next"])) > 1e-3   # z did move
+
+
+def test_reward_l2_with_adam_as_the_released_code(tmp_path):
+    """--xi-optimizer adam: Subroutine 2 as the released code runs it, Adam with weight decay eta on lam J. From xi_0 = 0
+    Adam's first step is -lr g / (|g| + eps) (the decay term eta xi_0 is 0), so centred log z_next = -lr sign(g), centred."""
+    cfg = _cfg(tmp_path, weighting="reward_l2", xi_optimizer="adam", eta=0.01, steps=1)
+    M.train(cfg)
+    r = next(x for x in _log(cfg) if x["kind"] == "train")
+    z, lj = np.array(r["z"]), cfg.lam * np.array(r["J"])
+    step = -cfg.xi_lr * (g := z * (lj - z @ lj)) / (np.abs(g) + 1e-8)
+    log_z = np.log(r["z_next"])
+    assert np.ptp(g) > 0 and np.allclose(log_z - log_z.mean(), step - step.mean(), atol=2e-4)
 
 
 def test_gpu_benchmark_runs_the_trainers_step_on_cpu():

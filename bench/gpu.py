@@ -139,10 +139,10 @@ def main() -> None:
             logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size,
             micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
             grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
-            measure_improvement=True)
+            measure_improvement=True, improvement_agg=cfg.improvement_agg)
         t_updated = time.perf_counter()
         # random J: IWU's cost, not its values
-        M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), "iwu", cfg.lam, cfg.eta)
+        M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), "iwu", cfg.lam)
         t_end = time.perf_counter()
         t_old, t_upd, t_imp = upd["seconds_old_logp"], upd["seconds_update"], upd["seconds_improvement"]
 

@@ -80,8 +80,8 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
             logprobs, opt, batch.groups, K, pad_id=tok.pad_token_id, minibatch_size=cfg.minibatch_size,
             micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
             grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
-            measure_improvement=True)
-        M.update_task_weights(xi, xi_opt, improvement, J, "iwu", cfg.lam, cfg.eta)
+            measure_improvement=True, improvement_agg=cfg.improvement_agg)
+        M.update_task_weights(xi, xi_opt, improvement, J, "iwu", cfg.lam)
         total = time.perf_counter() - t0
         assert len(batch.groups) == B
         prompts_generated = sum(map(sum, batch.generated))
