@@ -31,8 +31,8 @@ REF=$TMP/ref
 T0=$SECONDS
 N=0 M=0 FAILED=0
 
-# driver.py SPEC CMD...: runs CMD, waits until the out-dir log holds train step SPEC.step (then SPEC.delay
-# seconds, or until a checkpoint-*.tmp appears if SPEC.tmp), sends SPEC.signals (SPEC.gap apart) and waits for the
+# driver.py PLAN CMD...: runs CMD, waits until the out-dir log holds train step PLAN.step (then PLAN.delay
+# seconds, or until a checkpoint-*.tmp appears if PLAN.tmp), sends PLAN.signals (PLAN.gap apart) and waits for the
 # exit. Prints shell assignments: rc, sent, step_at_signal, last_step (after the exit), tmps, exit_after.
 cat > "$TMP/driver.py" <<'EOF'
 import json, os, re, signal, subprocess, sys, time
