@@ -275,7 +275,7 @@ class Config:
     eps_high: float = arg(0.28, "upper clip of Eq. 13: 0.28 clip-higher (DAPO, MT-GRPO), 0.2 (GRPO)", "[0, inf)")
     batch_size: int = arg(16, "B: prompts per step after filtering (Exp. 1: 32, Exp. 2: 256)", "[1, inf)", group="rollouts")
     num_rollouts: int = arg(8, "N: responses per prompt (Exp. 1: 72, Exp. 2: 8)", "[2, inf)")
-    max_prompt_len: int = arg(512, "longer prompts are dropped at load, loudly (paper: 1024)", "[1, inf)")
+    max_prompt_len: int = arg(1024, "longer prompts are dropped at load, loudly (paper: 1024)", "[1, inf)")
     max_response_len: int = arg(1024, "new tokens per response (paper: 4096)", "[1, inf)")
     temperature: float = arg(1.0, "sampling temperature; log-probs use the same (paper: 1.0)", "(0, inf)")
     top_p: float = arg(1.0, "nucleus sampling (paper: 1.0)", "(0, 1]")

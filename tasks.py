@@ -955,8 +955,9 @@ def tokenize_tasks(loaded: list[tuple[list[Example], list[Example]]], tokenizer,
                 print(f"note: {name}: dropped {len(split) - len(keep)} of {len(split)} prompts longer than --max-prompt-len {max_prompt_len}")
             out.append(([split[i] for i in keep], [ids[i] for i in keep]))
         if len(test[-1][0]) < n_test:
-            raise ValueError(f"task {name}: test split has {len(test[-1][0])} usable prompts, fewer than "
-                             f"--eval-prompts {n_test}; lower --eval-prompts or raise --max-prompt-len")
+            longest = max(len(p) for p in ids)
+            raise ValueError(f"task {name}: {len(test[-1][0])} test prompts fit --max-prompt-len {max_prompt_len}, fewer than "
+                             f"--eval-prompts {n_test} (the longest has {longest} tokens); raise --max-prompt-len or lower --eval-prompts")
         if not train[-1][0]:
             raise ValueError(f"task {name}: no train prompt fits --max-prompt-len {max_prompt_len}")
     return [tr[0].task for tr, _ in train], train, test   # a .jsonl task is logged under its file's stem
