@@ -341,6 +341,15 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v, padding_side="left")  # noqa: E731
     return pad([torch.tensor(s, dtype=torch.long) for s in seqs], pad_id), pad([torch.ones(len(s), dtype=torch.long) for s in seqs], 0)
 
+def kv_cache(model):
+    """An empty KV cache that keeps keys in the values' dtype. Under bf16 autocast RoPE's fp32 cos/sin make the keys fp32
+    next to bf16 values (1.5x the cache); attention casts both to bf16 anyway, so no result changes."""
+    from transformers import DynamicCache
+    class SameDtypeCache(DynamicCache):
+        def update(self, keys, values, *args, **kwargs):
+            return super().update(keys.to(values.dtype), values, *args, **kwargs)
+    return SameDtypeCache(config=model.config)
+
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pad_id: int, eos_ids: list[int],
              temperature: float = 1.0, top_p: float = 1.0, gen_batch_size: int = 384) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -358,7 +367,7 @@ def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pa
             ids, att = (t.to(device) for t in left_pad(prompts[i:i + per_call], pad_id))  # (U, P)
             rows = torch.arange(len(ids), device=device).repeat_interleave(n)               # (U*n,) by prompt
             with autocast(device):
-                cache = shared_prefill(model, ids, att, rows)  # speed-up (below): {} or the prompts' KV cache
+                cache = shared_prefill(model, ids, att, rows)  # the prompts' KV cache (a speed-up, below) or a kv_cache()
                 seq = model.generate(input_ids=ids[rows], attention_mask=att[rows], generation_config=gen_cfg, **cache)
             resp = seq[:, ids.shape[1]:].cpu()                                              # (U*n, T)
             mask = response_mask(resp, eos_ids)
@@ -481,10 +490,8 @@ def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improve
 
 def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
     """SEC: Q_k <- decay Q_k + (1 - decay) mean |A| of task k's trained responses (0 for a task not in the batch)."""
-    q = q.copy()
-    for k in range(len(q)):
-        q[k] = decay * q[k] + (1 - decay) * (float(rows.adv[rows.task == k].abs().mean()) if (rows.task == k).any() else 0.0)
-    return q
+    progress = [float(rows.adv[rows.task == k].abs().mean()) if (rows.task == k).any() else 0.0 for k in range(len(q))]
+    return decay * q + (1 - decay) * np.array(progress)
 
 # --- Training loop (Algorithm 1) -------------------------------------------------------------------------------------
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable, N: int,
@@ -731,17 +738,16 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt, xi_opt, state: LoopSt
 # continue from its KV cache (the prompt then costs 1/N; N = 72 in Exp. 1). Gradients sum back into the one pass.
 def prompt_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor):
     """U left-padded prompts (U, P), run once -> (a KV cache whose row r holds prompt rows[r], hidden states (U, P, H))."""
-    from transformers import DynamicCache
-    cache = DynamicCache(config=model.config)
+    cache = kv_cache(model)
     hidden = model.base_model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(dim=1) - 1).clamp(min=0),
                               use_cache=True, **{_cache_kwarg(type(model.base_model)): cache}).last_hidden_state
     cache.reorder_cache(rows)  # (U, ...) -> (R, ...), an index_select: gradients sum back over the rows
     return cache, hidden
 
 def shared_prefill(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
-    """generate()'s kwargs: the cache of all prompt tokens but the last (generate() runs it), if there is any to share."""
+    """generate()'s cache: of all prompt tokens but the last (generate() runs it) if there is any to share, else empty."""
     share = len(rows) > len(ids) and ids.shape[1] > 1
-    return {_cache_kwarg(type(model.base_model)): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0]} if share else {}
+    return {_cache_kwarg(type(model.base_model)): prompt_cache(model, ids[:, :-1], att[:, :-1], rows)[0] if share else kv_cache(model)}
 
 def shared_prompt_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int,
                            temperature: float = 1.0) -> torch.Tensor:

@@ -283,6 +283,41 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
     assert torch.equal(ours, ref)
 
 
+@pytest.mark.parametrize("n", [1, 3])  # n = 1: generate() starts from an empty kv_cache; n = 3: from the shared prefill
+def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, monkeypatch, n):
+    """Under bf16 autocast RoPE's fp32 cos/sin make the keys fp32 while the values are bf16: HF's own cache then holds
+    1.5x the bytes. The cache generate() fills must hold bf16 keys, i.e. exactly rows x tokens x layers x 2 (K, V) x
+    kv_heads x head_dim x 2 bytes, and a forward through it must give the logits HF's own cache gives, bit for bit
+    (attention casts K to bf16 either way)."""
+    from transformers import DynamicCache
+
+    model, tok = tiny
+    cfg, prompts, new_tokens = model.config, [tok("copy: abcdef")["input_ids"], tok("sum 3+4:")["input_ids"]], 5
+    filled = []
+    plain_prefill = M.shared_prefill
+    monkeypatch.setattr(M, "shared_prefill", lambda *a: filled.append(plain_prefill(*a)) or filled[-1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        outs = M.generate(model, prompts, n, max_new_tokens=new_tokens, pad_id=0, eos_ids=[-1])  # -1: never stops
+    cache = next(iter(filled[0].values()))
+    rows, tokens = len(prompts) * n, max(map(len, prompts)) + new_tokens - 1  # the last sampled token is never fed back
+    assert all(r.shape[1] == new_tokens for r, _ in outs)
+    assert {layer.keys.dtype for layer in cache.layers} == {layer.values.dtype for layer in cache.layers} == {torch.bfloat16}
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert kv_bytes == rows * tokens * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
+
+    ids, att = M.left_pad(prompts, 0)
+    logits = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for cache in (DynamicCache(config=cfg), M.kv_cache(model)):
+            model(input_ids=ids, attention_mask=att, use_cache=True, **{M._cache_kwarg(type(model)): cache})
+            logits.append(model(input_ids=ids[:, -1:], attention_mask=torch.cat([att, att[:, -1:]], 1), use_cache=True,
+                                **{M._cache_kwarg(type(model)): cache}).logits)
+            assert cache.layers[0].keys.dtype == (torch.float32 if len(logits) == 1 else torch.bfloat16)
+    assert torch.equal(logits[0], logits[1])
+
+
 # -----------------------------------------------------------------------------
 # Eq. 8: per-task objective and improvement
 
