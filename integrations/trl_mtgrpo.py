@@ -110,12 +110,13 @@ def per_task_reward(funcs: dict[str, Callable], task_column: str = "task") -> Ca
     reward.__name__ = "per_task_reward"
     return reward
 
-def task_dataset(task_names: str, n_train: int, seed: int, style: str = "r1", tokenizer=None):
-    """A datasets.Dataset of tasks.py's tasks: columns prompt, task, answer, verifier, info (for verify_reward)."""
+def task_dataset(task_names: str, n_train: int, seed: int, style: str = "r1", tokenizer=None, n_test: int = mtgrpo.Config.eval_prompts):
+    """A datasets.Dataset of tasks.py's train splits: columns prompt, task, answer, verifier, info (for verify_reward).
+    The split follows n_test (held out first), as in mtgrpo.py with --eval-prompts n_test: the same rows, in order."""
     import datasets
     from tasks import load_tasks, make_prompt
     rows = [{"prompt": make_prompt(ex, style, tokenizer), "task": ex.task, "answer": ex.answer, "verifier": ex.verifier,
-             "info": json.dumps(ex.info)} for train, _ in load_tasks(task_names, n_train, 1, seed) for ex in train]
+             "info": json.dumps(ex.info)} for train, _ in load_tasks(task_names, n_train, n_test, seed) for ex in train]
     return datasets.Dataset.from_list(rows)
 
 def _cat(tensors: list[torch.Tensor], left: bool, value: float) -> torch.Tensor:
@@ -206,6 +207,7 @@ class MTGRPOTrainer(GRPOTrainer):
         if a.weighting == "iwu":  # pi_old (theta_t) of every row, for I_k's pass at theta_t+1
             olds = [self._logps(mb) if o is None else o for mb, o in zip(minibatches, olds)]
         self._pending = dict(z=z, batch=batch, minibatches=minibatches, olds=olds, tasks=tasks, groups=used_groups,
+                             groups_moved=self._groups_moved,
                              seconds_sampling=time.perf_counter() - t0, seconds_gen=self._seconds_gen)
         self._rounds = self._kept = None
         return minibatches
@@ -256,6 +258,7 @@ class MTGRPOTrainer(GRPOTrainer):
         W, rank, N, S = self.accelerator.num_processes, self.accelerator.process_index, self.num_generations, self.args.steps_per_generation
         handles = [g.response for g in batch.groups]
         assign = balance([h[1] for h in handles], W)
+        self._groups_moved = sum(handles[p][1] != r for r, a in enumerate(assign) for p in a)
         if W > 1:
             moving = [(dest, pos, {k: v.cpu() for k, v in self._kept[handles[pos]].items()})
                       for dest, a in enumerate(assign) if dest != rank for pos in a if handles[pos][1] == rank]
@@ -317,14 +320,14 @@ class MTGRPOTrainer(GRPOTrainer):
         rec = {"step": self.mt.step, "z": p["z"].tolist(), "targets": batch.targets, "shares": (np.bincount([g.task for g in p["groups"]],
                minlength=K) / max(used, 1)).tolist(), "rho": batch.rho.tolist(), "J": self.mt.J.tolist(), "I": improvement.tolist(),
                "xi": self.mt.xi.detach().tolist(), "rounds": batch.rounds, "generated": batch.generated, "accepted": batch.accepted,
-               "groups_used": used, "seconds_sampling": p["seconds_sampling"], "seconds_gen": p["seconds_gen"],
+               "groups_used": used, "groups_moved": p["groups_moved"], "seconds_sampling": p["seconds_sampling"], "seconds_gen": p["seconds_gen"],
                "seconds_weights": time.perf_counter() - t0}
         self.mt_history.append(rec)
         m = self._metrics["train"]
         for key in ("z", "shares", "targets", "rho", "J", "I"):
             for name, v in zip(self.task_names, rec[key]):
                 m[f"mtgrpo/{key}/{name}"].append(float(v))
-        for key in ("rounds", "groups_used", "seconds_sampling", "seconds_gen", "seconds_weights"):
+        for key in ("rounds", "groups_used", "groups_moved", "seconds_sampling", "seconds_gen", "seconds_weights"):
             m[f"mtgrpo/{key}"].append(float(rec[key]))
         m["mtgrpo/prompts_generated"].append(float(sum(map(sum, batch.generated))))
 
