@@ -248,10 +248,15 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
     assert resumed.xi_opt.state_dict()["state"][0]["step"] == full.xi_opt.state_dict()["state"][0]["step"]
 
 
-def test_checkpoint_inside_a_generation_batch_is_refused(tiny_dir, tmp_path):
-    tr = make_trainer(tiny_dir, tmp_path, save_strategy="steps", save_steps=1, max_steps=2)
+def test_steps_inside_a_generation_batch_are_refused(tiny_dir, tmp_path):
+    """A checkpoint or the run's end inside a generation batch (2 optimizer steps here) could not resume exactly."""
+    for over in (dict(save_strategy="steps", save_steps=1), dict(max_steps=3)):
+        with pytest.raises(ValueError, match="must be a multiple of 2"):
+            make_trainer(tiny_dir, tmp_path, **over)
+    tr = make_trainer(tiny_dir, tmp_path, max_steps=2)
+    tr._pending = {}  # as if a save came mid-batch
     with pytest.raises(ValueError, match="inside a generation batch"):
-        tr.train()
+        tr._save_checkpoint(tr.model, None)
 
 
 def test_two_processes(tmp_path):

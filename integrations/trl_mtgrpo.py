@@ -87,6 +87,11 @@ class MTGRPOConfig(GRPOConfig):
         if self.steps_per_generation * self.num_iterations % self.gradient_accumulation_steps:
             raise ValueError("steps_per_generation * num_iterations must be a multiple of gradient_accumulation_steps: "
                              "I_k and the IWU step run after the batch's last optimizer step")
+        cycle = self.steps_per_generation * self.num_iterations // self.gradient_accumulation_steps  # optimizer steps per step
+        for name in ("max_steps", "save_steps"):  # a batch cut short never gets its IWU step; a checkpoint there can't resume
+            v = getattr(self, name)
+            if v >= 1 and v % cycle and (name == "max_steps" or self.save_strategy == "steps"):
+                raise ValueError(f"{name} ({v}) must be a multiple of {cycle}, the optimizer steps of one generation batch")
 
 def verify_reward(completions: list, answer: list, verifier: list, info: list, task: list, **_) -> list[float]:
     """A TRL reward function scoring by verify.py (1.0 correct, 0.1 boxed but wrong, 0.0 no box): the dataset
