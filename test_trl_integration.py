@@ -117,6 +117,28 @@ def test_steps_shares_equal_targets_and_iwu_moves_z(tiny_dir, tmp_path):
     assert [r["mtgrpo/rounds"] for r in logged] == [h["rounds"] for h in hist]
 
 
+class Upfront(Recording):
+    """pi_old from one no-grad pass right after sampling (the path the liger loss takes)."""
+    def _sample_batch(self):
+        out = super()._sample_batch()
+        self._pending["olds"] = [self._logps(mb) if o is None else o for mb, o in zip(out, self._pending["olds"])]
+        return out
+
+
+def test_pi_old_from_the_training_forward(tiny_dir, tmp_path):
+    """One optimizer step per batch (steps_per_generation = gradient_accumulation_steps = 2): TRL keeps no pi_old, so
+    I_k's pi_old is the loss forward's own log-probs at theta_t; I_k and z equal those of a separate pi_old pass."""
+    runs = []
+    for cls in (Recording, Upfront):  # each built right before it trains: the trainer seeds torch's RNG when built
+        runs.append(make_trainer(tiny_dir, tmp_path / cls.__name__, cls=cls, max_steps=3, gradient_accumulation_steps=2))
+        runs[-1].train()
+    captured, upfront = (tr.mt_history for tr in runs)
+    assert len(captured) == 3 and not any("old_per_token_logps" in mb for mbs, _, _ in runs[0].trained for mb in mbs)
+    for a, b in zip(captured, upfront):
+        assert a["targets"] == b["targets"] and np.allclose(a["I"], b["I"], atol=1e-6) and np.allclose(a["z"], b["z"], atol=1e-6)
+    assert max(abs(i) for a in captured for i in a["I"]) > 1e-3
+
+
 @pytest.mark.parametrize("method", list(mtgrpo.METHODS))
 def test_every_method(tiny_dir, tmp_path, method):
     """Each --method of mtgrpo.py sets the sampler, weights, filter and clip as METHODS says, and behaves so."""

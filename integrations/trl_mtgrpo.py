@@ -208,8 +208,10 @@ class MTGRPOTrainer(GRPOTrainer):
             batch = mtgrpo.dynamic_sample(z, self.B, sample_round, self.mt.rho, self.sampler_rng, os_factor, max_rounds, a.rho_decay)
         self.mt.rho = batch.rho
         minibatches, tasks, used_groups = self._distribute(batch)
+        # pi_old (theta_t) of every row, for I_k's pass at theta_t+1: TRL's when it keeps one (several updates per batch,
+        # vLLM), else the training forward's own (compute_loss; all at theta_t), else (the liger loss hides it) one pass now
         olds = [mb.get("old_per_token_logps") for mb in minibatches]
-        if a.weighting == "iwu":  # pi_old (theta_t) of every row, for I_k's pass at theta_t+1
+        if a.weighting == "iwu" and a.use_liger_kernel:
             olds = [self._logps(mb) if o is None else o for mb, o in zip(minibatches, olds)]
         self._pending = dict(z=z, batch=batch, minibatches=minibatches, olds=olds, tasks=tasks, groups=used_groups,
                              groups_moved=self._groups_moved,
@@ -249,7 +251,8 @@ class MTGRPOTrainer(GRPOTrainer):
     def _keep_local(self, survivors: list[list[mtgrpo.Group]]) -> None:
         """Keep the rows of this rank's surviving groups, free the rest of the round (and one filler group)."""
         out, N, rank = self._rounds[-1][0], self.num_generations, self.accelerator.process_index
-        piece = lambda li: {k: v[li * N:(li + 1) * N] for k, v in out.items() if torch.is_tensor(v) and v.dim() > 0}  # noqa: E731
+        # copies, not views: a view would keep the whole round's tensors alive
+        piece = lambda li: {k: v[li * N:(li + 1) * N].clone() for k, v in out.items() if torch.is_tensor(v) and v.dim() > 0}  # noqa: E731
         if self._filler is None:  # trains nothing: a rank with no group for a minibatch (short batch) runs this one
             self._filler = {**piece(0), "advantages": torch.zeros_like(out["advantages"][:N]),
                             "completion_mask": torch.zeros_like(out["completion_mask"][:N])}
@@ -280,6 +283,21 @@ class MTGRPOTrainer(GRPOTrainer):
         for mb in minibatches:
             mb["num_items_in_batch"] = n_items
         return minibatches, tasks, [batch.groups[p] for a in assign for p in a]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        p, slot = self._pending, self._step % self.args.steps_per_generation
+        capture = model.training and p is not None and self.args.weighting == "iwu" and p["olds"][slot] is None
+        self._capture_slot = slot if capture else None
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._capture_slot = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if getattr(self, "_capture_slot", None) is not None:  # the loss's forward at theta_t: this minibatch's pi_old
+            self._pending["olds"][self._capture_slot], self._capture_slot = out[0].detach(), None
+        return out
 
     def _logps(self, mb: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of a minibatch's completions under the current weights, no grad (TRL's own pass)."""
