@@ -154,7 +154,9 @@ class _EndOfStep(TrainerCallback):
             t._finish_step()
 
 class MTGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose generation batch is built by MT-GRPO's sampler over a `task` column, with task weights."""
+    """GRPOTrainer whose generation batch is built by MT-GRPO's sampler over a `task` column, with task weights.
+    Advantages are mtgrpo.group_advantages (Eq. 11) of the weighted reward sum: TRL's scale_rewards and
+    multi_objective_aggregation do not apply. J_k counts rewards of exactly 1.0 as correct, as the strict filter does."""
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         a, W = self.args, self.accelerator.num_processes
@@ -178,7 +180,8 @@ class MTGRPOTrainer(GRPOTrainer):
         self.xi_opt = opt([self.mt.xi], a.xi_lr, weight_decay=decay)
         self.sampler_rng = np.random.default_rng(a.seed)  # the same on every rank: every sampling decision agrees
         self.mt_history: list[dict[str, Any]] = []  # one record per step, as mtgrpo.py's log.jsonl
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None  # the step's batch until its I_k and IWU step are done
+        self._capture_slot: int | None = None
         self.add_callback(_EndOfStep(self))
 
     # --- Algorithm 1, lines 2-3: the batch ---------------------------------------------------------------------
@@ -285,6 +288,8 @@ class MTGRPOTrainer(GRPOTrainer):
         return minibatches, tasks, [batch.groups[p] for a in assign for p in a]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss. When TRL keeps no pi_old (one optimizer step per batch, so every forward is at theta_t), this
+        forward's log-probs are the minibatch's pi_old for I_k, as mtgrpo.py's first minibatch: no extra pass."""
         p, slot = self._pending, self._step % self.args.steps_per_generation
         capture = model.training and p is not None and self.args.weighting == "iwu" and p["olds"][slot] is None
         self._capture_slot = slot if capture else None
@@ -295,7 +300,7 @@ class MTGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if getattr(self, "_capture_slot", None) is not None:  # the loss's forward at theta_t: this minibatch's pi_old
+        if self._capture_slot is not None:  # the loss's forward at theta_t: this minibatch's pi_old
             self._pending["olds"][self._capture_slot], self._capture_slot = out[0].detach(), None
         return out
 
@@ -311,7 +316,7 @@ class MTGRPOTrainer(GRPOTrainer):
     def _improvement(self, p: dict[str, Any]) -> torch.Tensor:
         """Eq. 8 over this step's batch on all ranks: token sums per task all-reduced, then J_GRPO,k before / after."""
         K, agg = len(self.task_names), self.args.improvement_agg
-        sums = torch.zeros(4, K, dtype=torch.float64)  # after, before, tokens, (unused)
+        sums = torch.zeros(3, K, dtype=torch.float64)  # token sums of the surrogate after, before; tokens
         for mb, old, task in zip(p["minibatches"], p["olds"], p["tasks"]):
             ok = (task >= 0).to(mb["advantages"].device)  # filler rows carry task -1 and no tokens
             mask, adv, t = mb["completion_mask"][ok].float(), mb["advantages"][ok].float(), task[task >= 0].to(mb["advantages"].device)
