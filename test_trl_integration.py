@@ -168,6 +168,19 @@ def test_per_task_reward_dispatches_by_task():
     assert calls == [("a", ["p1"], ["a"]), ("b", ["p0", "p2"], ["b", "b"])]
 
 
+def test_verify_reward_scores_task_dataset_rows():
+    """verify_reward on task_dataset's columns is verify.reward: 1.0 correct, 0.1 a wrong answer in form, 0.0 none."""
+    from integrations.trl_mtgrpo import verify_reward
+    data = task_dataset("toy_next,countdown_easy", 3, 0, "r1", n_test=2)
+    rows = [data[0], data[3]]  # one toy_next, one countdown_easy
+    cols = {k: [r[k] for r in rows] for k in ("answer", "verifier", "info", "task")}
+    wrong_toy = "a" if rows[0]["answer"] != "a" else "b"
+    assert verify_reward([rows[0]["answer"], f"\\boxed{{{rows[1]['answer']}}}"], **cols) == [1.0, 1.0]
+    assert verify_reward([wrong_toy, "\\boxed{1+1}"], **cols) == [0.1, 0.1]
+    assert verify_reward(["?", "no box"], **cols) == [0.0, 0.0]
+    assert rows[1]["prompt"].startswith("A conversation") and data.column_names == ["prompt", "task", "answer", "verifier", "info"]
+
+
 def test_balance_keeps_groups_home_and_ranks_equal():
     assign = balance([0, 0, 0, 1, 0, 1, 1], 2)  # 7 groups, 2 ranks: 3 each, the last dropped
     assert [len(a) for a in assign] == [3, 3] and sorted(sum(assign, [])) == [0, 1, 2, 3, 4, 5]
