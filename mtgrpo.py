@@ -316,9 +316,9 @@ METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: each method as Config fields
 }
 
 PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --model tiny); exp1/2: the paper's (App. E)
-    "tiny": dict(tasks="toy_copy,toy_next,toy_sum", steps=100, eval_every=25, eval_k=4, eval_prompts=64, n_train=1000, batch_size=16,
+    "tiny": dict(tasks="toy_copy,toy_next,toy_first", steps=100, eval_every=20, eval_k=8, eval_prompts=200, n_train=1000, batch_size=16,
                  num_rollouts=8, max_prompt_len=32, max_response_len=4, gen_batch_size=512, minibatch_size=16, micro_batch_size=128,
-                 lr=3e-3, max_resample_rounds=3),
+                 lr=1e-3, max_resample_rounds=3),
     "exp1": dict(tasks="countdown_medium,zebra_medium,arc1d_medium", steps=720, batch_size=32, num_rollouts=72, minibatch_size=8,
                  max_prompt_len=1024, max_response_len=4096, filter="strict", lam=0.2, max_resample_rounds=10, xi_weight_decay=1e-5,
                  improvement_clip=0.1, prompt_style="r1"),
@@ -560,6 +560,8 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
           f"{int(round(cfg.os_factor * B))} per round | {math.ceil(B / cfg.minibatch_size)} updates/step | {style} prompts | log {log_path}")
 
     last_eval, stop, t_start, first = {}, stop if stop is not None else {}, time.perf_counter(), state.step
+    if first == 0:  # step 0, before any update: every curve and every "start vs end" comes from the log itself
+        log(log_path, evaluate(sample, score_, test_sets, names, cfg.eval_k, seed=cfg.seed, step=0))
     for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         # 1) task weights z (line 2): IWU's softmax(xi), SEC's Boltzmann, or uniform
@@ -602,10 +604,9 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         if stop:  # Ctrl-C or SIGTERM (catch_signals): the step is done and saved
             print(f"stopped after step {step}: checkpoint {ckpt}\nresume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
             raise SystemExit(128 + stop["signum"])
-    print(f"\ndone: {cfg.steps - first} steps in {(time.perf_counter() - t_start) / 60:.1f} min | log {log_path}\n  test accuracy (mean@"
-          f"{cfg.eval_k}): worst {last_eval['worst']:.3f} | average {last_eval['avg']:.3f} | "
-          + " ".join(f"{t} {v:.3f}" for t, v in last_eval["acc"].items()) + f"\n  checkpoint {ckpt}; to train on: python mtgrpo.py --resume "
-          f"{cfg.out_dir} --steps MORE\n  plots: python bench/plot.py {cfg.out_dir} --out {cfg.out_dir}/plots", flush=True)
+    print(f"\ndone: {cfg.steps - first} steps in {(time.perf_counter() - t_start) / 60:.1f} min\n{summary(log_path, cfg.eval_k, cfg.eval_prompts)}"
+          f"\n  checkpoint {ckpt}; train on: python mtgrpo.py --resume {cfg.out_dir} --steps MORE\n  log {log_path}; plots: "
+          f"python bench/plot.py {cfg.out_dir} --out {cfg.out_dir}/plots", flush=True)
     return last_eval
 
 # --- Logging and evaluation (Sec. 6 metrics) -------------------------------------------------------------------------
@@ -640,6 +641,15 @@ def mean_at_k(correct: np.ndarray) -> float:
 def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
     """Worst-task accuracy (the paper's headline metric) and the average over tasks."""
     return min(acc.values()), sum(acc.values()) / len(acc)
+
+def summary(log_path: str, k: int, prompts: int) -> str:
+    """Each task's test accuracy at the first and the last evaluation of a log, and the noise to read them against:
+    the binomial std sqrt(p (1 - p) / (prompts k)) of a mean@k, at its largest over the values shown."""
+    a, *_, b = [r for r in map(json.loads, open(log_path)) if r["kind"] == "eval"] * 2  # the first and the last
+    rows = [(t, a["acc"][t], b["acc"][t]) for t in b["acc"]] + [("worst task", a["worst"], b["worst"]), ("average", a["avg"], b["avg"])]
+    std = max(math.sqrt(p * (1 - p) / (prompts * k)) for _, *ps in rows for p in ps)
+    return (f"  test accuracy, mean@{k} over {prompts} prompts per task (noise: binomial std <= {std:.3f})\n  {'':12s} step "
+            f"{a['step']:<5d} step {b['step']:<5d} change\n" + "\n".join(f"  {t:12s} {x:10.3f} {y:10.3f} {y - x:+7.3f}" for t, x, y in rows))
 
 def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k: int, seed: int, step: int) -> dict[str, Any]:
     """mean@k on each task's test split -> the eval record, sampled on a forked RNG: evaluating never changes training."""

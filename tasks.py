@@ -36,7 +36,7 @@ LEVELS = ("easy", "medium", "hard", "very_hard")   # very_hard: evaluated, never
 COUNTDOWN_NUMBERS = dict(easy=3, medium=4, hard=5, very_hard=6)
 ZEBRA_SIZE = dict(easy=3, medium=4, hard=5, very_hard=6)
 ARC_LENGTH = dict(easy=10, medium=20, hard=30, very_hard=40)
-TOY_TASKS = ("toy_copy", "toy_next", "toy_sum")
+TOY_TASKS = ("toy_copy", "toy_next", "toy_first", "toy_sum")
 TASK_NAMES = tuple(f"{family}_{level}" for family in ("countdown", "zebra", "arc1d") for level in LEVELS) + TOY_TASKS
 MAX_TRAIN = 10_000   # the released data's largest split
 
@@ -623,6 +623,8 @@ def _toy(rng: random.Random, name: str) -> tuple[str, str, dict]:
         return f"copy: {s}", s[-1], {"alphabet": TOY_LETTERS}
     if name == "toy_next":     # answer: the letter after the last one, cyclic over abcdef
         return f"next: {s}", TOY_LETTERS[(TOY_LETTERS.index(s[-1]) + 1) % len(TOY_LETTERS)], {"alphabet": TOY_LETTERS}
+    if name == "toy_first":    # answer: the first letter
+        return f"first: {s}", s[0], {"alphabet": TOY_LETTERS}
     a, b = rng.randrange(10), rng.randrange(10)   # toy_sum: last digit of a + b, after two noise letters
     return f"sum: {s[:2]} {a}+{b}", str((a + b) % 10), {"alphabet": "0123456789"}
 
@@ -773,7 +775,7 @@ TASK_INFO = {  # one line per built-in family, for --list-tasks
     "countdown": "reach the target with + - * / on the given numbers, each used once (3/4/5/6 numbers)",
     "zebra": "who lives in house 1? a logic grid of 3x3/4x4/5x5/6x6 people and attributes",
     "arc1d": "apply the rule shown by 3 examples to a row of 10/20/30/40 cells",
-    "toy": "one-character answers for the tiny CPU model: last letter, next letter, (a + b) mod 10",
+    "toy": "one-character answers for the tiny CPU model: last letter, next letter, first letter, (a + b) mod 10",
 }
 
 
@@ -824,12 +826,111 @@ def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
     return path
 
 
+# -----------------------------------------------------------------------------
+# The tiny model's warm start. RL from random weights gets no reward on a task the model cannot solve by luck, while
+# the paper starts from a pretrained model that solves every task some of the time. So the tiny model first learns
+# each toy rule on clean labels (phase 1), then is distilled to partial competence (phase 2): probability q_k on the
+# right answer and 1 - q_k on a misconception that another task's rule gives (copy <-> first, next -> copy). RL then
+# starts with graded accuracies, hence graded zero-gradient filter rates, and learning one task can undo another,
+# as skills interfere in real multi-task training. The q_k were fixed before any method was compared.
+
+WARM_START = {"toy_copy": 0.5, "toy_next": 0.3, "toy_first": 0.1}  # q_k: the right answer's probability after warm-up
+WARM_START_STEPS = (150, 300)  # phase 1, phase 2 (AdamW at lr 3e-3, 16 prompts per task per step)
+
+
+def toy_misconception(ex: Example) -> str:
+    """The wrong answer the warm start teaches with probability 1 - q_k: another toy task's rule."""
+    s = ex.question.split(": ", 1)[1]
+    return {"toy_copy": s[0], "toy_next": s[-1], "toy_first": s[-1]}[ex.task]
+
+
+def warm_start(model, tokenizer, seed: int = 0, q: dict[str, float] = WARM_START,
+               steps: tuple[int, int] = WARM_START_STEPS, batch: int = 16, lr: float = 3e-3) -> dict[str, float]:
+    """Supervised warm-up of the tiny model, in place, on the train splits only: phase 1 learns each task's rule,
+    phase 2 minimises the cross-entropy to the mixture q_k (right answer) / 1 - q_k (misconception),
+    answer and EOS. -> the right answer's mean probability per task on its test split: the expected accuracy of a
+    sample at temperature 1."""
+    import torch
+    import torch.nn.functional as F
+
+    names, rng, eos = list(q), random.Random(seed), tokenizer.eos_token_id
+    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    splits = {name: load_task(name, n_train=1000, n_test=200, seed=seed) for name in names}
+    train = {name: [(enc(ex.question), enc(ex.answer) + [eos], enc(toy_misconception(ex)) + [eos]) for ex in splits[name][0]]
+             for name in names}  # (prompt, right answer + EOS, misconception + EOS) token ids
+
+    def forward(prompts: list[list[int]]):
+        pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v, padding_side="left")  # noqa: E731
+        ids = pad([torch.tensor(p) for p in prompts], tokenizer.pad_token_id)
+        att = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0)
+        return model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(1) - 1).clamp(min=0)).logits, ids
+
+    def step(opt, mixed: bool) -> None:
+        seqs, weights = [], []
+        for name in names:
+            for prompt, right, wrong in rng.sample(train[name], batch):
+                seqs += [prompt + right, prompt + wrong] if mixed else [prompt + right]
+                weights += [q[name], 1 - q[name]] if mixed else [1.0]
+        logits, ids = forward(seqs)
+        logp = F.log_softmax(logits[:, -3:-1].float(), dim=-1).gather(2, ids[:, -2:, None]).squeeze(-1)  # answer, EOS
+        loss = -(logp.sum(1) * torch.tensor(weights)).sum() / (len(names) * batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    torch.manual_seed(seed)
+    model.train()
+    for phase, n_steps in enumerate(steps):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        for _ in range(n_steps):
+            step(opt, mixed=phase == 1)
+    with torch.no_grad():
+        acc = {}
+        for name in names:
+            test = splits[name][1]
+            logits, _ = forward([enc(ex.question) for ex in test])
+            right = torch.tensor([enc(ex.answer)[0] for ex in test])
+            acc[name] = float(torch.softmax(logits[:, -1].float(), -1).gather(1, right[:, None]).mean())
+    return acc
+
+
+def tiny_model_dir(seed: int = 0) -> str:
+    """The warm-started tiny model of `seed` (build_tiny_model, then warm_start), built once and cached on disk under
+    $MTGRPO_CACHE (default ~/.cache/mtgrpo); its warm_start.json holds the accuracies the warm start reached."""
+    import shutil
+
+    import torch
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    key = hashlib.sha256(json.dumps([WARM_START, WARM_START_STEPS]).encode()).hexdigest()[:8]
+    path = os.path.join(os.environ.get("MTGRPO_CACHE", os.path.expanduser("~/.cache/mtgrpo")), f"tiny-warm-{key}-seed{seed}")
+    if os.path.isfile(os.path.join(path, "warm_start.json")):
+        return path
+    t0, tmp = time.perf_counter(), f"{path}.tmp{os.getpid()}"
+    print(f"warm-starting the tiny model of seed {seed}: {sum(WARM_START_STEPS)} supervised steps, once (cached in {path})", flush=True)
+    model, tokenizer = load_model(build_tiny_model(tmp, seed=seed))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: one thread makes the result a function of the seed
+    try:
+        acc = warm_start(model, tokenizer, seed)
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(tmp)
+    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
+        json.dump({"seed": seed, "q": WARM_START, "steps": WARM_START_STEPS, "test_accuracy": acc}, f)
+    if os.path.isdir(path):  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, path)
+    print(f"warm start done in {time.perf_counter() - t0:.0f} s: expected test accuracy "
+          + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
+    return path
+
+
 def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: int = 0):
     """The policy and its tokenizer by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a
-    local directory alike ("tiny" is built first from `seed`), ready to train on `device`. Master weights stay fp32:
+    local directory alike ("tiny": tiny_model_dir(seed)), ready to train on `device`. Master weights stay fp32:
     AdamW at lr 1e-6 on bf16 weights rounds most updates away, and bf16 comes from autocast. Errors name the way out."""
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
     from huggingface_hub.utils import disable_progress_bars
@@ -837,9 +938,8 @@ def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: i
 
     logging.disable_progress_bar()  # third-party bars would cut through the trainer's step lines
     disable_progress_bars()
-    if name == "tiny":
-        with tempfile.TemporaryDirectory() as d:
-            return load_model(build_tiny_model(d, seed=seed), device, grad_checkpointing)
+    if name == "tiny":  # the warm-started one: the CPU testbed
+        return load_model(tiny_model_dir(seed), device, grad_checkpointing)
     path = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(path):
         raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "

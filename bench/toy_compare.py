@@ -1,33 +1,30 @@
 """
-MT-GRPO against its baselines and ablations on the CPU toy mixture (issue 7): a small-scale version of
-the paper's Fig. 4/10 table and of its Fig. 6, 12/13 and 16 diagnostics (arXiv 2602.05547).
+MT-GRPO against its baselines and ablations on the CPU testbed: a small-scale version of the paper's Fig. 4/10
+table and of its Fig. 6, 12/13 and 16 diagnostics (arXiv 2602.05547), judged by paired differences over seeds.
 
-The tiny model (mtgrpo.PRESETS["tiny"]) is trained on toy_copy, toy_next and toy_sum by mtgrpo.train(),
-in this process, one run after another, on --threads torch threads, with seeds 0..S-1 for each of:
+The testbed (bench/README.md, "The CPU testbed"): the tiny model warm-started to partial competence
+(tasks.tiny_model_dir: toy_copy ~0.54, toy_next ~0.27, toy_first ~0.23 expected accuracy), then RL with
+mtgrpo.PRESETS["tiny"] for 50 steps. For each seed 0..S-1, every method starts from the same warm-started model
+and draws from the same data, so the methods are compared seed by seed (paired). Methods:
     grpo, dapo, iwu (lambda 1.0), rps, mtgrpo lambda 0.2, mtgrpo lambda 1.0     (the table)
     mtgrpo lambda 0.2 with inflate=False                                          (Fig. 16: no AAS)
-A seed fixes the model init, the data and the sampling stream, so every method of a seed starts from
-the same model; average relative change is taken per seed against that seed's DAPO, then averaged.
-Choices (not tuned on the outcome):
-  - lambda 0.2 is the paper's Exp. 1 value, 1.0 near Exp. 2's largest (1.2): they differ 5x.
-  - IWU-only uses lambda 1.0, so it differs from MT-GRPO lambda 1.0 only by the RP sampler
-    (the paper's ablation also runs IWU at its larger lambda, 0.25).
-  - the Fig. 16 ablation re-runs MT-GRPO lambda 0.2 with inflate=False on the same seeds (the paper
-    ablates AAS at lambda 0.2); its row is left out of the claims (a)-(d).
-  - evaluation: 64 test prompts x k=4 samples per task (256 samples: std of an accuracy <= 0.03);
-    the table reports the last evaluation; "steps to worst >= T" scans every evaluation.
-  - claim (a) is judged on the per-step mean |share - z| over tasks; with B = 16 part of it is the
-    multinomial noise of the targets n ~ Mult(B, z) themselves, so the gap between the time-averaged
-    share and the time-averaged z (over steps, per task) is printed beside it.
-  - claim (b) is judged per step on the task with the highest filter rate at that step (which task that
-    is changes as tasks get learned), as the mean over steps of its share minus its weight.
-  - claims compare means over seeds: a gap no larger than the largest std over seeds of the
-    means compared is reported INCONCLUSIVE rather than HELD / NOT HELD.
+Choices fixed before any run (not tuned on the outcome):
+  - lambda 0.2 is the paper's Exp. 1 value, 1.0 near Exp. 2's largest (1.2). IWU-only runs at lambda 1.0, so it
+    differs from MT-GRPO lambda 1.0 only by the RP sampler.
+  - 50 steps: the budget within which uniform-weight DAPO's slowest task stays behind (the testbed's precondition);
+    evaluation every 10 steps and at step 0, 200 test prompts x k = 8 per task (binomial std of a mean@8 <= 0.013).
+  - 10 seeds: the issue's probe measured a paired sd of ~0.035 for the worst-task difference, so 10 seeds give a
+    95% half-width of ~0.025 < 0.04; the script prints the seeds the measured sd would need.
+  - The rule: for every claim, d = the paired difference per seed (or the per-seed value for a one-sample claim),
+    its mean and 95% CI = mean +- t(0.975, S-1) sd / sqrt(S). HELD if the CI lies on the claimed side of 0,
+    NOT HELD if it lies on the other side, INCONCLUSIVE if it contains 0.
+  - Claim (a) is judged on the per-step mean |share - z| over tasks; claim (b) per step on the task with the
+    highest filter rate at that step, as its share minus its weight.
 
-Run (from the repo root; needs matplotlib for the PNGs, pip install matplotlib):
-    python bench/toy_compare.py                    # 21 runs; ~3.5 min on 2 idle cores
-    python bench/toy_compare.py --quick            # smoke test, 1 seed, a few steps (~1-2 min)
-    python bench/toy_compare.py --reuse            # redo table and figures from finished runs
+Run (from the repo root; needs matplotlib for the PNGs: pip install -r bench/requirements-plot.txt):
+    python bench/toy_compare.py                  # 70 runs on --workers 2 processes; ~25 min on 2 cores
+    python bench/toy_compare.py --quick          # smoke test: 1 seed, 4 steps
+    python bench/toy_compare.py --reuse          # redo table, claims and figures from finished runs
 Writes to --out (default runs/toy_compare): one directory per run (log.jsonl, stdout.txt), table.txt,
 summary.json and the PNGs.
 """
@@ -37,6 +34,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import multiprocessing
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import mtgrpo  # noqa: E402
+import tasks  # noqa: E402
 import plot  # noqa: E402
 from metrics import average_relative_change, steps_to_threshold  # noqa: E402
 
@@ -63,8 +63,10 @@ VARIANTS = {  # run-directory prefix -> Config overrides
     f"mtgrpo_lam{LAM_HI}": dict(METHODS["mtgrpo"], lam=LAM_HI),
     f"mtgrpo_lam{LAM_LO}_noaas": dict(METHODS["mtgrpo"], lam=LAM_LO, inflate=False),
 }
-FULL = dict(steps=60, eval_every=10, eval_prompts=64, eval_k=4)
+FULL = dict(steps=50, eval_every=10, eval_prompts=200, eval_k=8)
 QUICK = dict(steps=4, eval_every=2, eval_prompts=16, eval_k=2)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 # -----------------------------------------------------------------------------
@@ -74,7 +76,7 @@ QUICK = dict(steps=4, eval_every=2, eval_prompts=16, eval_k=2)
 def config_for(name: str, seed: int, budget: dict, out: str) -> mtgrpo.Config:
     """The tiny preset, the budget, then the variant's overrides."""
     base = {**asdict(mtgrpo.Config()), **mtgrpo.PRESETS["tiny"], **budget, **VARIANTS[name]}
-    return mtgrpo.Config(**{**base, "model": "tiny", "seed": seed, "out_dir": os.path.join(out, f"{name}_s{seed}")})
+    return mtgrpo.Config(**{**base, "model": "tiny", "seed": seed, "out_dir": os.path.join(out, f"{name}_s{seed}"), "overwrite": True})
 
 
 def finished(cfg: mtgrpo.Config) -> bool:
@@ -88,7 +90,8 @@ def finished(cfg: mtgrpo.Config) -> bool:
 
 
 def train_quietly(cfg: mtgrpo.Config) -> float:
-    """mtgrpo.train(cfg) with its per-step lines sent to out_dir/stdout.txt. -> wall seconds."""
+    """mtgrpo.train(cfg) on one thread, its output sent to out_dir/stdout.txt. -> wall seconds."""
+    torch.set_num_threads(1)
     os.makedirs(cfg.out_dir, exist_ok=True)
     t = time.perf_counter()
     with open(os.path.join(cfg.out_dir, "stdout.txt"), "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -96,128 +99,108 @@ def train_quietly(cfg: mtgrpo.Config) -> float:
     return time.perf_counter() - t
 
 
+def warm_start(seed: int) -> str:
+    torch.set_num_threads(1)
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        return tasks.tiny_model_dir(seed)
+
+
 # -----------------------------------------------------------------------------
-# Metrics per run and per variant
+# Metrics per run, paired differences
 
 
-def run_metrics(run: plot.Run, dapo: plot.Run, threshold: float) -> dict:
-    """Final accuracies, relative change vs the same seed's DAPO, steps to threshold, sampling stats."""
-    last = run.evals[-1]
-    try:
-        rel = average_relative_change(last["acc"], dapo.evals[-1]["acc"])
-    except ValueError:  # DAPO scored 0 on every task: undefined
-        rel = float("nan")
+def run_metrics(run: plot.Run) -> dict:
+    """Final accuracies, sampling statistics, and the testbed's preconditions (start accuracy, early filter rate)."""
+    last, start = run.evals[-1], run.evals[0]
     used = [r for r in run.train if r["batch_groups"] > 0]
     z = np.array([r["z"] for r in used])               # (S, K)
     share = np.array([r["batch_shares"] for r in used])  # (S, K)
-    rho = np.array([r["rho"] for r in run.train])
     rho_used = np.array([r["rho"] for r in used])
     most = rho_used.argmax(1)                            # the task filtered most at each step
-    steps = np.arange(len(used))
-    return dict(seed=run.config["seed"], acc=last["acc"], worst=last["worst"], avg=last["avg"], rel_change=rel,
-                steps_to_threshold=steps_to_threshold([e["step"] for e in run.evals], [e["worst"] for e in run.evals],
-                                                      threshold),
-                share_dev=float(np.abs(share - z).mean()),          # per step, over tasks
-                share_gap=float(np.abs(share.mean(0) - z.mean(0)).mean()),  # time-averaged, over tasks
-                most_filtered_gap=float((share[steps, most] - z[steps, most]).mean()),  # claim (b)
-                z_mean=z.mean(0).tolist(), share_mean=share.mean(0).tolist(), rho_mean=rho.mean(0).tolist(),
+    early = run.train[:5]                                # filter rate per task over the first 5 steps' rounds
+    gen = np.sum([np.sum(r["generated"], 0) for r in early], 0)
+    acc = np.sum([np.sum(r["accepted"], 0) for r in early], 0)
+    return dict(seed=run.config["seed"], acc=last["acc"], worst=last["worst"], avg=last["avg"],
+                start_acc=start["acc"] if start["step"] == 0 else None, filter_rate=(1 - acc / np.maximum(gen, 1)).tolist(),
+                share_dev=float(np.abs(share - z).mean()),                          # per step, over tasks
+                most_filtered_gap=float((share[np.arange(len(used)), most] - z[np.arange(len(used)), most]).mean()),
                 rounds=float(np.mean([r["rounds"] for r in run.train])),
                 prompts_generated=float(np.mean([r["prompts_generated"] for r in run.train])),
                 s_per_step=float(np.mean([r["seconds"] for r in run.train])))
 
 
-def mean_std(xs) -> tuple[float, float]:
-    xs = np.array([x for x in xs if x is not None and not np.isnan(x)], dtype=float)
-    if not len(xs):
-        return float("nan"), float("nan")
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0   # sample std over seeds
+def ci(d) -> tuple[float, float, float]:
+    """Mean and 95% t confidence interval of per-seed values d."""
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = (T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def summarize(per_seed: list[dict]) -> dict:
-    """Mean and std over seeds of each scalar; steps to threshold over the seeds that reached it."""
-    out = {k: mean_std([m[k] for m in per_seed]) for k in
-           ("worst", "avg", "rel_change", "share_dev", "share_gap", "most_filtered_gap", "rounds", "prompts_generated",
-            "s_per_step")}
-    reached = [m["steps_to_threshold"] for m in per_seed if m["steps_to_threshold"] is not None]
-    out["steps_to_threshold"] = mean_std(reached)
-    out["reached"] = f"{len(reached)}/{len(per_seed)}"
-    for k in ("z_mean", "share_mean", "rho_mean"):
-        out[k] = np.mean([m[k] for m in per_seed], axis=0).tolist()
-    return out
+def judge(d, side: int) -> tuple[str, str]:
+    """The stated rule: HELD if the CI lies on the claimed side of 0 (side +1: above, -1: below), NOT HELD if on the
+    other side, else INCONCLUSIVE. -> (verdict, 'mean [lo, hi]')."""
+    m, lo, hi = ci(d)
+    text = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    if math.isnan(lo):
+        return "INCONCLUSIVE (one seed)", text
+    if (lo > 0 if side > 0 else hi < 0):
+        return "HELD", text
+    return ("NOT HELD" if (hi < 0 if side > 0 else lo > 0) else "INCONCLUSIVE"), text
 
 
-# -----------------------------------------------------------------------------
-# Table and claims
+def claims(m: dict[str, list[dict]]) -> list[dict]:
+    """The paper's claims (a)-(e) as paired comparisons: (claim, d per seed, claimed side of 0)."""
+    lo, hi, iwu, na = f"mtgrpo_lam{LAM_LO}", f"mtgrpo_lam{LAM_HI}", f"iwu_lam{LAM_HI}", f"mtgrpo_lam{LAM_LO}_noaas"
+    diff = lambda a, b, k: [x[k] - y[k] for x, y in zip(m[a], m[b])]  # noqa: E731
+    out = [("(a) RP sampler: realized shares closer to z (mean |share - z|), DAPO - RPS", diff("dapo", "rps", "share_dev"), +1),
+           (f"(a) RP sampler: realized shares closer to z, IWU-only - MT-GRPO (both lambda {LAM_HI})", diff(iwu, hi, "share_dev"), +1),
+           ("(b) filtering alone under-represents the most-filtered task: its share - z under DAPO",
+            [x["most_filtered_gap"] for x in m["dapo"]], -1),
+           ("(b) the RP sampler shrinks that under-representation: RPS - DAPO", diff("rps", "dapo", "most_filtered_gap"), +1)]
+    for n in (lo, hi):
+        lam = n.split("lam")[1]
+        out += [(f"(c) MT-GRPO lambda {lam} worst-task accuracy above DAPO's", diff(n, "dapo", "worst"), +1),
+                (f"(c) MT-GRPO lambda {lam} worst-task accuracy above GRPO's", diff(n, "grpo", "worst"), +1),
+                (f"(c) MT-GRPO lambda {lam} average accuracy not below DAPO's (reported; the paper: about equal)",
+                 diff(n, "dapo", "avg"), +1)]
+    out += [(f"(d) larger lambda ({LAM_HI} vs {LAM_LO}) raises worst-task accuracy", diff(hi, lo, "worst"), +1),
+            (f"(d) larger lambda ({LAM_HI} vs {LAM_LO}) lowers average accuracy", diff(hi, lo, "avg"), -1),
+            ("(e, Fig. 16) inflation lowers generation rounds per step: without - with", diff(na, lo, "rounds"), +1)]
+    return [dict(claim=c, d=d, verdict=judge(d, side)[0], numbers=judge(d, side)[1]) for c, d, side in out]
 
 
-def fmt(ms: tuple[float, float], digits: int = 3) -> str:
-    return "n/a" if np.isnan(ms[0]) else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+def preconditions(dapo: list[dict], tasks_: list[str]) -> str:
+    """The testbed's preconditions, from uniform-weight DAPO alone: start accuracy, early filter rate, end accuracy."""
+    lines = ["testbed preconditions (DAPO, uniform weights; mean +- sd over seeds):",
+             "  task        start acc (step 0)   filter rate (steps 1-5)   acc at the end"]
+    for k, t in enumerate(tasks_):
+        st = [x["start_acc"][t] for x in dapo if x["start_acc"]]
+        fr, end = [x["filter_rate"][k] for x in dapo], [x["acc"][t] for x in dapo]
+        lines.append(f"  {t:11s} {np.mean(st):.3f} +- {np.std(st):.3f}      {np.mean(fr):.3f} +- {np.std(fr):.3f}"
+                     f"           {np.mean(end):.3f} +- {np.std(end):.3f}")
+    behind = [min(x["acc"].values()) - (sum(x["acc"].values()) - min(x["acc"].values())) / (len(tasks_) - 1) for x in dapo]
+    lines.append(f"  slowest task's end accuracy minus the others' mean, per seed: {' '.join(f'{b:+.2f}' for b in behind)}")
+    return "\n".join(lines)
 
 
-def table(labels: dict[str, str], summary: dict[str, dict], threshold: float, n_seeds: int) -> str:
-    head = ["method", "worst-task acc", "avg acc", "avg rel. change vs DAPO %", f"steps to worst >= {threshold:g}",
-            "rounds/step", "s/step"]
-    rows = [[labels[n], fmt(s["worst"]), fmt(s["avg"]), fmt(s["rel_change"], 1),
-             f"{fmt(s['steps_to_threshold'], 0)} ({s['reached']})", fmt(s["rounds"], 2), fmt(s["s_per_step"], 2)]
-            for n, s in summary.items()]
+def table(m: dict[str, list[dict]], labels: dict[str, str]) -> str:
+    ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.3f}"  # noqa: E731
+    head = ["method", "worst-task acc", "avg acc", "rounds/step", "prompts generated/step", "s/step"]
+    rows = [[labels[n], ms([x["worst"] for x in v]), ms([x["avg"] for x in v]), ms([x["rounds"] for x in v]),
+             f"{np.mean([x['prompts_generated'] for x in v]):.0f}", f"{np.mean([x['s_per_step'] for x in v]):.2f}"]
+            for n, v in m.items()]
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: " | ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([f"mean ± sample std over {n_seeds} seed(s), last evaluation", line(head),
-                      "-+-".join("-" * w for w in widths)] + [line(r) for r in rows])
+    n = len(next(iter(m.values())))
+    return "\n".join([f"mean ± sample std over {n} seed(s), last evaluation", line(head), "-+-".join("-" * w for w in widths)]
+                     + [line(r) for r in rows])
 
 
-def verdict(claim: dict) -> str:
-    """HELD / NOT HELD; a comparison of means whose gap is inside the seeds' spread is INCONCLUSIVE."""
-    if claim.get("gap") is not None and abs(claim["gap"]) <= claim["spread"]:
-        return "INCONCLUSIVE (gap within one std over seeds)"
-    return "HELD" if claim["held"] else "NOT HELD"
-
-
-def _spread(*stats: tuple[float, float]) -> float:
-    return max(sd for _, sd in stats)
-
-
-def claims(s: dict[str, dict], per_seed: dict[str, list[dict]], tasks: list[str]) -> list[dict]:
-    """The four claims of issue 7 (plus Fig. 16's), each judged on the numbers printed with it."""
-    lo, hi, iwu = f"mtgrpo_lam{LAM_LO}", f"mtgrpo_lam{LAM_HI}", f"iwu_lam{LAM_HI}"
-    out = []
-    rp, dyn = [lo, hi, "rps"], [iwu, "dapo"]
-    dev = ", ".join(f"{n} {s[n]['share_dev'][0]:.3f} (gap {s[n]['share_gap'][0]:.3f})" for n in rp + dyn)
-    out.append(dict(claim="(a) RPS keeps realized shares at z: mean |share - z| of MT-GRPO/RPS below IWU-only/DAPO",
-                    held=max(s[n]["share_dev"][0] for n in rp) < min(s[n]["share_dev"][0] for n in dyn),
-                    gap=min(s[n]["share_dev"][0] for n in dyn) - max(s[n]["share_dev"][0] for n in rp),
-                    spread=_spread(*(s[n]["share_dev"] for n in rp + dyn)),
-                    numbers=f"per-step mean |share - z| (time-averaged gap): {dev}"))
-    for n in dyn:   # per step, the task with the highest filter rate: its share minus its weight
-        gap = s[n]["most_filtered_gap"]
-        out.append(dict(claim=f"(b) filtering alone under-represents the task filtered most ({n})",
-                        held=gap[0] < 0, gap=gap[0], spread=gap[1],
-                        numbers=f"mean over steps of share - z of that step's most-filtered task: {fmt(gap)}"))
-    rps, dapo = s["rps"]["most_filtered_gap"], s["dapo"]["most_filtered_gap"]
-    out.append(dict(claim="(b) the RP sampler shrinks that under-representation (RPS-only vs DAPO, both z uniform)",
-                    held=rps[0] > dapo[0], gap=rps[0] - dapo[0], spread=_spread(rps, dapo),
-                    numbers=f"share - z of the most-filtered task: RPS {fmt(rps)} vs DAPO {fmt(dapo)}"))
-    for n in (lo, hi):
-        w = s[n]["worst"][0]
-        wins = {b: sum(a["worst"] >= c["worst"] for a, c in zip(per_seed[n], per_seed[b])) for b in ("dapo", "grpo")}
-        out.append(dict(claim=f"(c) MT-GRPO lambda {n.split('lam')[1]} worst-task accuracy >= DAPO's and GRPO's",
-                        held=w >= s["dapo"]["worst"][0] and w >= s["grpo"]["worst"][0],
-                        gap=w - max(s["dapo"]["worst"][0], s["grpo"]["worst"][0]),
-                        spread=_spread(s[n]["worst"], s["dapo"]["worst"], s["grpo"]["worst"]),
-                        numbers=f"{fmt(s[n]['worst'])} vs DAPO {fmt(s['dapo']['worst'])}, GRPO {fmt(s['grpo']['worst'])};"
-                                f" per seed >= DAPO in {wins['dapo']}/{len(per_seed[n])}, >= GRPO in {wins['grpo']}/{len(per_seed[n])}"))
-    out.append(dict(claim=f"(d) larger lambda ({LAM_HI} vs {LAM_LO}) trades average for worst-task accuracy",
-                    held=s[hi]["worst"][0] > s[lo]["worst"][0] and s[hi]["avg"][0] <= s[lo]["avg"][0],
-                    gap=s[hi]["worst"][0] - s[lo]["worst"][0], spread=_spread(s[hi]["worst"], s[lo]["worst"]),
-                    numbers=f"worst {fmt(s[hi]['worst'])} vs {fmt(s[lo]['worst'])}; avg {fmt(s[hi]['avg'])} vs {fmt(s[lo]['avg'])}"))
-    na = f"{lo}_noaas"
-    if na in s:
-        out.append(dict(claim="(e, Fig. 16) acceptance-aware inflation lowers generation rounds per step",
-                        held=s[lo]["rounds"][0] < s[na]["rounds"][0],
-                        gap=s[na]["rounds"][0] - s[lo]["rounds"][0], spread=_spread(s[lo]["rounds"], s[na]["rounds"]),
-                        numbers=f"rounds/step {fmt(s[lo]['rounds'], 2)} with vs {fmt(s[na]['rounds'], 2)} without;"
-                                f" prompts generated/step {s[lo]['prompts_generated'][0]:.0f} vs {s[na]['prompts_generated'][0]:.0f}"))
-    return out
+def seeds_needed(d, half_width: float = 0.04) -> int:
+    """Seeds for a 95% CI of half-width `half_width` at the measured paired sd (normal approximation)."""
+    return math.ceil((1.96 * np.std(d, ddof=1) / half_width) ** 2) if len(d) > 1 else 0
 
 
 # -----------------------------------------------------------------------------
@@ -229,7 +212,7 @@ def figures(runs: dict[str, list[plot.Run]], labels: dict[str, str], out: str) -
     main = [n for n in VARIANTS if not n.endswith("_noaas")]
     lo, hi = f"mtgrpo_lam{LAM_LO}", f"mtgrpo_lam{LAM_HI}"
     return [plot.plot_compare(g(main), os.path.join(out, "fig4_worst_avg.png")),
-            plot.plot_tasks(g(main), os.path.join(out, "fig6_tasks_weights.png")),
+            plot.plot_tasks(g(["dapo", lo, hi]), os.path.join(out, "fig6_tasks_weights.png")),
             plot.plot_shares(g(["dapo", f"iwu_lam{LAM_HI}", "rps", hi]), os.path.join(out, "fig12_13_shares.png")),
             plot.plot_metric(g([lo, f"{lo}_noaas"]), "rounds", os.path.join(out, "fig16_rounds.png"))]
 
@@ -239,55 +222,53 @@ def figures(runs: dict[str, list[plot.Run]], labels: dict[str, str], out: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="MT-GRPO vs baselines on the CPU toy tasks (paper Fig. 4/6/10/12/13/16).")
+    p = argparse.ArgumentParser(description="MT-GRPO vs baselines on the CPU testbed (paper Fig. 4/6/10/12/13/16), paired over seeds.")
     p.add_argument("--out", default="runs/toy_compare")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 per variant (default 3, --quick 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 per variant (default 10, --quick 1)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {FULL['steps']}, --quick {QUICK['steps']})")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="worst-task accuracy for 'steps to threshold' (0.3, chosen first, was reached by no run in 60 steps)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 4 steps, 16 test prompts x 2 samples")
     p.add_argument("--reuse", action="store_true", help="skip runs whose directory holds a finished log of the same config")
     args = p.parse_args(argv)
     budget = dict(QUICK if args.quick else FULL)
-    seeds = range(args.seeds if args.seeds is not None else 1 if args.quick else 3)
+    seeds = list(range(args.seeds if args.seeds is not None else 1 if args.quick else 10))
     if args.steps:
         budget.update(steps=args.steps, eval_every=max(1, min(budget["eval_every"], args.steps // 2)))
-    torch.set_num_threads(args.threads)
     try:
         plot.pyplot()
     except ImportError:
-        print("error: the figures need matplotlib: pip install matplotlib", file=sys.stderr)
+        print("error: the figures need matplotlib: pip install -r bench/requirements-plot.txt", file=sys.stderr)
         return 2
 
-    t0, runs, trained = time.perf_counter(), {n: [] for n in VARIANTS}, 0
-    todo = [(n, s) for s in seeds for n in VARIANTS]  # seed-major: a partial sweep still pairs with DAPO
-    for i, (name, seed) in enumerate(todo, 1):
-        cfg = config_for(name, seed, budget, args.out)
-        wall = None if args.reuse and finished(cfg) else train_quietly(cfg)
-        trained += wall is not None
-        run = plot.load_run(cfg.out_dir)
-        runs[name].append(run)
-        e = run.evals[-1]
-        print(f"[{i}/{len(todo)}] {name} seed {seed}: worst {e['worst']:.3f} avg {e['avg']:.3f} | "
-              + ("reused" if wall is None else f"{wall:.0f} s, total {time.perf_counter() - t0:.0f} s"), flush=True)
+    t0 = time.perf_counter()
+    cfgs = {(n, s): config_for(n, s, budget, args.out) for s in seeds for n in VARIANTS}
+    todo = [c for c in cfgs.values() if not (args.reuse and finished(c))]
+    print(f"{len(cfgs)} runs ({len(cfgs) - len(todo)} reused), {args.workers} workers; warm-starting {len(seeds)} seed(s) first", flush=True)
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        pool.map(warm_start, seeds)  # cached on disk: the runs then only load them
+        for i, wall in enumerate(pool.imap(train_quietly, todo), 1):
+            print(f"[{i}/{len(todo)}] {os.path.basename(todo[i - 1].out_dir)}: {wall:.0f} s, total {time.perf_counter() - t0:.0f} s", flush=True)
 
-    tasks = runs["dapo"][0].tasks
-    labels = {n: runs[n][0].label for n in VARIANTS}
-    per_seed = {n: [run_metrics(r, d, args.threshold) for r, d in zip(runs[n], runs["dapo"])] for n in VARIANTS}
-    summary = {n: summarize(per_seed[n]) for n in VARIANTS}
-    checked = claims(summary, per_seed, tasks)
-    text = "\n".join([table(labels, summary, args.threshold, len(seeds)), "", "claims:"]
-                     + [f"  {verdict(c)}: {c['claim']}\n      {c['numbers']}" for c in checked]
-                     + ["", f"total wall time {time.perf_counter() - t0:.0f} s ({trained} of {len(todo)} runs trained here, the rest"
-                            f" reused; {args.threads} threads;"
-                            f" load average at end {os.getloadavg()[0]:.1f})"])
+    runs = {n: [plot.load_run(cfgs[n, s].out_dir) for s in seeds] for n in VARIANTS}
+    tasks_, labels = runs["dapo"][0].tasks, {n: runs[n][0].label for n in VARIANTS}
+    m = {n: [run_metrics(r) for r in runs[n]] for n in VARIANTS}
+    checked = claims(m)
+    worst_d = next(c["d"] for c in checked if c["claim"].startswith(f"(c) MT-GRPO lambda {LAM_LO} worst-task accuracy above DAPO"))
+    noise = max(math.sqrt(a * (1 - a) / (budget["eval_prompts"] * budget["eval_k"])) for v in m.values() for x in v for a in x["acc"].values())
+    text = "\n".join([preconditions(m["dapo"], tasks_), "", table(m, labels), "",
+                      f"evaluation noise: binomial std of a task's mean@{budget['eval_k']} <= {noise:.3f} "
+                      f"({budget['eval_prompts']} prompts x k = {budget['eval_k']})",
+                      f"paired sd of the worst-task difference MT-GRPO lambda {LAM_LO} - DAPO: {np.std(worst_d, ddof=1) if len(worst_d) > 1 else 0:.3f}"
+                      f" -> {seeds_needed(worst_d)} seeds resolve +-0.04 (ran {len(seeds)})", "",
+                      "claims (paired difference per seed: mean [95% CI]; HELD / NOT HELD if the CI excludes 0, else INCONCLUSIVE):"]
+                     + [f"  {c['verdict']:12s} {c['numbers']}  {c['claim']}" for c in checked]
+                     + ["", f"budget {budget}; wall time {time.perf_counter() - t0:.0f} s ({len(todo)} of {len(cfgs)} runs trained here; "
+                            f"{args.workers} workers x 1 thread; load average at end {os.getloadavg()[0]:.1f})"])
     print(text)
     with open(os.path.join(args.out, "table.txt"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(dict(budget=budget, seeds=list(seeds), threshold=args.threshold, tasks=tasks, labels=labels,
-                       summary=summary, per_seed=per_seed, claims=checked), f, indent=1)
+        json.dump(dict(budget=budget, seeds=seeds, tasks=tasks_, labels=labels, per_seed=m, claims=checked), f, indent=1)
     for path in figures(runs, labels, args.out) + [os.path.join(args.out, x) for x in ("table.txt", "summary.json")]:
         print(path)
     return 0
