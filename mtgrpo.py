@@ -11,7 +11,7 @@ has proportions z. `train()` is Algorithm 1:
         J_k        = accuracy of task k's rollouts this step
         z          = softmax(xi - beta * g(I, J))              # Subroutine 1 -> iwu_gradient()
 
-    python mtgrpo.py --model tiny           # CPU demo, no download: tiny Qwen2 on toy tasks (~30 s)
+    python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks (~1.5 min)
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
 """
@@ -77,19 +77,13 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
     return torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float = 0.2,
-              eps_high: float = 0.28, tau: float = 0.0, ref_logp: torch.Tensor | None = None, agg: str = "token_mean",
-              normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """-J_GRPO (Eq. 13) of a (micro-)batch: logp, old_logp, mask (R, T); adv (R,). token_mean (DAPO, the paper's runs)
-    divides the token sum by the tokens, seq_mean (GRPO) averages per response first; micro-batches pass their minibatch's
-    count as `normalizer`. tau > 0 adds the k3 KL tau (u - log u - 1), u = pi_ref / pi. Stats stay tensors: no GPU sync."""
+              eps_high: float = 0.28, agg: str = "token_mean", normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """-J_GRPO (Eq. 13, tau = 0 as in the paper: no KL, no reference model) of a (micro-)batch: logp, old_logp, mask
+    (R, T); adv (R,). token_mean (DAPO, the paper's runs) divides the token sum by the tokens, seq_mean (GRPO) averages
+    per response first; micro-batches pass their minibatch's count as `normalizer`. Stats stay tensors: no GPU sync."""
     if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
         raise ValueError(f"shape mismatch: want (R, T) x3 and (R,), got {[tuple(t.shape) for t in (logp, old_logp, mask, adv)]}")
     term = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
-    if tau > 0:
-        if ref_logp is None:
-            raise ValueError("tau > 0 needs ref_logp (log-probs of the reference policy)")
-        log_u = ref_logp - logp
-        term = term - tau * (torch.exp(log_u) - log_u - 1.0)
     if agg == "token_mean":
         total = (term * mask).sum()
         count = mask.sum() if normalizer is None else normalizer
@@ -254,7 +248,7 @@ def arg(default: Any, help: str, within: str = "", choices: tuple[str, ...] = ()
 
 @dataclass
 class Config:
-    model: str = arg("tiny", "hub name (Qwen2.5-0.5B = Qwen/Qwen2.5-0.5B), local dir, or tiny (CPU demo)", group="run")
+    model: str = arg("tiny", "hub name (Qwen2.5-0.5B = Qwen/Qwen2.5-0.5B), local dir, or tiny (the CPU testbed)", group="run")
     tasks: str = arg("countdown_medium,zebra_medium,arc1d_medium", "built-in task names or .jsonl files, comma-separated")
     steps: int = arg(200, "training steps (paper: 720)", "[1, inf)")
     seed: int = arg(0, "fixes the run: tiny model init, data, every sampling decision")
@@ -315,7 +309,7 @@ METHODS: dict[str, dict[str, Any]] = {  # Sec. 6: each method as Config fields
     "sec":    dict(sampler="dynamic", weighting="sec", eps_high=0.28),
 }
 
-PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU demo (default with --model tiny); exp1/2: the paper's (App. E)
+PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU testbed (default with --model tiny); exp1/2: the paper's (App. E)
     "tiny": dict(tasks="toy_copy,toy_next,toy_first", steps=100, eval_every=20, eval_k=8, eval_prompts=200, n_train=1000, batch_size=16,
                  num_rollouts=8, max_prompt_len=32, max_response_len=4, gen_batch_size=512, minibatch_size=16, micro_batch_size=128,
                  lr=1e-3, max_resample_rounds=3),
@@ -834,7 +828,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for flag, value, allowed in (("--preset", preset, PRESETS), ("--method", method, METHODS)):
         if value not in (None, *allowed):
             raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-    if preset is None and args.get("model", defaults.model) == "tiny":
+    model = args.get("model", defaults.model)  # the tiny testbed, by name or as a directory its warm start wrote
+    if preset is None and (model == "tiny" or os.path.isfile(os.path.join(model, "warm_start.json"))):
         preset = "tiny"
     return Config(**{**asdict(defaults), **PRESETS.get(preset, {}), **METHODS[method or "mtgrpo"], **args})
 

@@ -49,6 +49,8 @@ def test_toy_tasks_score_their_answer_and_alphabet():
     ex = tasks.load_task("toy_next", n_train=1, n_test=1)[1][0]   # hand check of one instance's rule
     last = ex.question[-1]
     assert ex.answer == "abcdef"[("abcdef".index(last) + 1) % 6]
+    ex = tasks.load_task("toy_first", n_train=1, n_test=1)[1][0]
+    assert ex.question.startswith("first: ") and ex.answer == ex.question[len("first: ")]
     ex = tasks.load_task("toy_sum", n_train=1, n_test=1)[1][0]
     a, b = ex.question.split()[-1].split("+")
     assert ex.answer == str((int(a) + int(b)) % 10)
@@ -71,6 +73,7 @@ PINNED = {
     "arc1d_very_hard": "991f33292915b3c5",
     "toy_copy": "4435c3ad676c40c9",
     "toy_next": "5cc906f32c4e9f1c",
+    "toy_first": "3557057d1837a2bc",
     "toy_sum": "2e640db200f53c02",
 }
 

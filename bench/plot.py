@@ -14,7 +14,7 @@ The group functions (plot_compare, plot_tasks, plot_shares, plot_metric) take {l
 draw the mean over the runs of a label (e.g. seeds), so bench/toy_compare.py reuses them.
 
 Run:
-    pip install matplotlib          # optional dependency, not in requirements.txt
+    pip install -r bench/requirements-plot.txt    # matplotlib: optional, not in requirements.txt
     python bench/plot.py out/ --out plots/
     python bench/plot.py runs/toy_compare/dapo_s0 runs/toy_compare/mtgrpo_lam1.0_s0 --out plots/
 """
@@ -58,14 +58,24 @@ def load_run(path: str) -> Run:
     log = os.path.join(path, "log.jsonl") if os.path.isdir(path) else path
     if not os.path.isfile(log):
         raise ValueError(f"{path}: no log.jsonl there; pass a run's --out-dir or its log.jsonl")
-    records = [json.loads(line) for line in open(log) if line.strip()]
-    if not records or records[0].get("kind") != "config":
+    records = []
+    for i, line in enumerate(open(log), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{log}, line {i}: malformed record ({e.msg} at column {e.colno}); the line was cut short "
+                                 "or edited: delete it, or plot an intact copy of the log") from None
+    if not records:
+        raise ValueError(f"{log} is empty: its run failed before writing anything (see that run's output for the error)")
+    if records[0].get("kind") != "config":
         raise ValueError(f"{log}: not an mtgrpo log (its first record is not the config)")
     run = Run(log, records[0])
     run.train = [r for r in records if r.get("kind") == "train"]
     run.evals = [r for r in records if r.get("kind") == "eval"]
     if not run.train:
-        raise ValueError(f"{log}: no train records yet")
+        raise ValueError(f"{log} holds no training step: its run failed or was stopped before step 1 "
+                         "(see that run's output for the error)")
     return run
 
 
@@ -107,6 +117,28 @@ def mean_over(runs: list[Run], series, key: str) -> tuple[np.ndarray, np.ndarray
 # Figures
 
 
+LINES = ["-", "--", "-.", ":"]
+MARKERS = "osD^vP*X"
+
+
+def style(i: int) -> dict:
+    """Line i's style: colour, dash pattern and marker all differ, so lines stay apart where they overlap."""
+    return dict(color=f"C{i % 10}", linestyle=LINES[i % len(LINES)], marker=MARKERS[i % len(MARKERS)], markersize=4)
+
+
+def accuracy_label(runs: list[Run]) -> str:
+    ks = sorted({r.config.get("eval_k") for r in runs})
+    return f"test accuracy (mean@{ks[0] if len(ks) == 1 else '/'.join(map(str, ks))})"
+
+
+def unit_axis(a, ylabel: str) -> None:
+    """Fractions (accuracy, weights, shares, rates) on a fixed 0-1 axis: a change of a few test samples must not
+    fill the panel and look like a swing."""
+    a.set_ylim(-0.02, 1.02)
+    a.set_ylabel(ylabel)
+    a.set_xlabel("step")
+
+
 def pyplot():
     """matplotlib, imported only when a figure is drawn (optional dependency), headless backend."""
     import matplotlib
@@ -127,27 +159,35 @@ def plot_run(run: Run, path: str, w: int = 5) -> str:
     """The six-panel diagnostics of one run (see the module docstring)."""
     plt = pyplot()
     fig, ax = plt.subplots(2, 3, figsize=(15, 7.5))
-    tasks, colors = run.tasks, [f"C{k}" for k in range(len(run.tasks))]
+    tasks = run.tasks
     steps, z = train_series(run, "z")
     _, shares = train_series(run, "batch_shares")
     _, rho = train_series(run, "rho")
-    for k, (name, c) in enumerate(zip(tasks, colors)):
+    if run.evals:  # the worst task first, wide and pale, under the task lines it coincides with
+        ax[0, 0].plot(*eval_series(run, "worst"), color="0.6", lw=6, alpha=0.5, label="worst task", zorder=1)
+    for k, name in enumerate(tasks):
+        st = style(k)
         if run.evals:
-            ax[0, 0].plot(*eval_series(run, name), "o-", color=c, label=name)
-        ax[0, 1].plot(steps, z[:, k], color=c, label=name)
-        ax[0, 2].plot(steps, smooth(shares[:, k], w), color=c, label=f"{name} share")
-        ax[0, 2].plot(steps, z[:, k], "--", color=c, lw=1)
-        ax[1, 0].plot(steps, smooth(rho[:, k], w), color=c, label=name)
-    if run.evals:
-        ax[0, 0].plot(*eval_series(run, "worst"), "k-", lw=2.5, label="worst task")
+            ax[0, 0].plot(*eval_series(run, name), **st, label=name, zorder=2)
+        ax[0, 1].plot(steps, z[:, k], **{**st, "marker": None}, label=name)
+        ax[0, 2].plot(steps, smooth(shares[:, k], w), color=st["color"], label=f"{name} share")
+        ax[0, 2].plot(steps, z[:, k], "--", color=st["color"], lw=1, label=f"{name} z")
+        ax[1, 0].plot(steps, smooth(rho[:, k], w), **{**st, "marker": None}, label=name)
     ax[1, 1].plot(steps, smooth(train_series(run, "rounds")[1], w), color="k")
     ax[1, 2].plot(steps, smooth(train_series(run, "prompts_generated")[1], w), label="prompts generated")
-    ax[1, 2].plot(steps, smooth(train_series(run, "prompts_used")[1], w), label="prompts used (after filter)")
-    titles = ["test accuracy (mean@k)", "task weights z", f"realized batch share (z dashed), avg {w}",
-              f"filter rate rho, avg {w}", f"generation rounds per step, avg {w}", f"prompts per step, avg {w}"]
-    for a, t in zip(ax.flat, titles):
-        a.set_title(t)
-        a.set_xlabel("step")
+    ax[1, 2].plot(steps, smooth(train_series(run, "prompts_used")[1], w), "--", label="prompts used (after filter)")
+    panels = [("test accuracy per task", accuracy_label([run])), ("task weights z", "z_k"),
+              (f"realized batch share (solid, avg over {w}) vs z (dashed)", "share of the batch"),
+              (f"filter rate rho, avg over {w} steps", "rho_k"), (f"generation rounds per step, avg over {w}", "rounds"),
+              (f"prompts per step, avg over {w}", "prompts")]
+    for i, (a, (title, ylabel)) in enumerate(zip(ax.flat, panels)):
+        a.set_title(title)
+        if i < 4:
+            unit_axis(a, ylabel)
+        else:
+            a.set_ylim(0, max(a.get_ylim()[1], 1) * 1.1)
+            a.set_ylabel(ylabel)
+            a.set_xlabel("step")
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)
     fig.suptitle(f"{run.label}, seed {run.config['seed']}: {run.path}")
@@ -155,34 +195,42 @@ def plot_run(run: Run, path: str, w: int = 5) -> str:
 
 
 def plot_compare(groups: dict[str, list[Run]], path: str) -> str:
-    """Worst-task and average test accuracy vs step, one line per label (mean +- std over its runs)."""
+    """Fig. 4: worst-task and average test accuracy vs step, one line per label: the mean over its runs (seeds), the
+    band +- one std over them."""
     plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    runs = [r for rs in groups.values() for r in rs]
     for a, key in zip(ax, ("worst", "avg")):
-        for label, runs in groups.items():
-            steps, m, s = mean_over(runs, eval_series, key)
-            a.plot(steps, m, "o-", label=label)
-            a.fill_between(steps, m - s, m + s, alpha=0.15)
+        for i, (label, rs) in enumerate(groups.items()):
+            steps, m, s = mean_over(rs, eval_series, key)
+            a.plot(steps, m, **style(i), label=label)
+            a.fill_between(steps, m - s, m + s, color=style(i)["color"], alpha=0.12)
         a.set_title(f"{'worst-task' if key == 'worst' else 'average'} test accuracy")
-        a.set_xlabel("step")
-    ax[0].legend(fontsize=8)
+        unit_axis(a, accuracy_label(runs))
+        a.legend(fontsize=8)
+    n = sorted({len(rs) for rs in groups.values()})
+    fig.suptitle(f"worst-task and average accuracy (mean ± std over {'/'.join(map(str, n))} seed(s) per method)")
     return save(fig, path)
 
 
 def plot_tasks(groups: dict[str, list[Run]], path: str) -> str:
-    """Fig. 6: per-task test accuracy (top row) and task weight z (bottom row), one line per label."""
+    """Fig. 6: per-task test accuracy (top row) and task weight z (bottom row), one line per label (mean over runs)."""
     plt = pyplot()
     tasks = next(iter(groups.values()))[0].tasks
+    runs = [r for rs in groups.values() for r in rs]
     fig, ax = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7.5), squeeze=False)
     for k, name in enumerate(tasks):
-        for label, runs in groups.items():
-            ax[0, k].plot(*mean_over(runs, eval_series, name)[:2], "o-", label=label)
-            steps, z, _ = mean_over(runs, train_series, "z")
-            ax[1, k].plot(steps, z[:, k], label=label)
-        ax[0, k].set_title(f"{name} test accuracy")
-        ax[1, k].set_title(f"{name} weight z")
-        ax[1, k].set_xlabel("step")
-    ax[0, 0].legend(fontsize=8)
+        for i, (label, rs) in enumerate(groups.items()):
+            ax[0, k].plot(*mean_over(rs, eval_series, name)[:2], **style(i), label=label)
+            steps, z, _ = mean_over(rs, train_series, "z")
+            ax[1, k].plot(steps, z[:, k], **{**style(i), "marker": None}, label=label)
+        ax[0, k].set_title(f"{name}: test accuracy")
+        ax[1, k].set_title(f"{name}: task weight z")
+        unit_axis(ax[0, k], accuracy_label(runs))
+        unit_axis(ax[1, k], "z_k")
+        ax[0, k].legend(fontsize=8)
+        ax[1, k].legend(fontsize=8)
+    fig.suptitle("per-task accuracy and task weights (mean over seeds)")
     return save(fig, path)
 
 
@@ -199,22 +247,23 @@ def plot_shares(groups: dict[str, list[Run]], path: str, w: int = 5) -> str:
             ax[i, k].plot(steps, smooth(shares[:, k], w), color=f"C{k}", label="realized share")
             ax[i, k].plot(steps, z[:, k], "--", color=f"C{k}", label="assigned weight z")
             ax[i, k].set_title(f"{label}: {name}")
-            ax[i, k].set_ylim(0, 1)
-        ax[i, 0].legend(fontsize=8)
-    for a in ax[-1]:
-        a.set_xlabel("step")
+            unit_axis(ax[i, k], "share of the batch")
+            ax[i, k].legend(fontsize=8)
+    fig.suptitle(f"assigned weight vs realized post-filter share (mean over seeds, share averaged over {w} steps)")
     return save(fig, path)
 
 
 def plot_metric(groups: dict[str, list[Run]], key: str, path: str, w: int = 5) -> str:
     """One per-step scalar (e.g. "rounds", Fig. 16 right) vs step, one line per label, moving average."""
     plt = pyplot()
-    fig, a = plt.subplots(figsize=(6.5, 4.5))
-    for label, runs in groups.items():
+    fig, a = plt.subplots(figsize=(7, 4.5))
+    for i, (label, runs) in enumerate(groups.items()):
         steps, m, _ = mean_over(runs, train_series, key)
-        a.plot(steps, smooth(m, w), label=f"{label} (mean {np.mean(m):.2f})")
-    a.set_title(f"{key} per step, moving average over {w}")
+        a.plot(steps, smooth(m, w), **{**style(i), "marker": None}, label=f"{label} (mean {np.mean(m):.2f})")
+    a.set_ylim(0, max(a.get_ylim()[1], 1) * 1.1)
+    a.set_ylabel(key)
     a.set_xlabel("step")
+    a.set_title(f"{key} per step (mean over seeds, moving average over {w} steps)")
     a.legend(fontsize=8)
     return save(fig, path)
 
@@ -236,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pyplot()
     except ImportError:
-        print("error: bench/plot.py needs matplotlib: pip install matplotlib", file=sys.stderr)
+        print("error: bench/plot.py needs matplotlib: pip install -r bench/requirements-plot.txt", file=sys.stderr)
         return 2
     try:
         runs = [load_run(r) for r in args.runs]

@@ -13,8 +13,10 @@ Choices fixed before any run (not tuned on the outcome):
     differs from MT-GRPO lambda 1.0 only by the RP sampler.
   - 50 steps: the budget within which uniform-weight DAPO's slowest task stays behind (the testbed's precondition);
     evaluation every 10 steps and at step 0, 200 test prompts x k = 8 per task (binomial std of a mean@8 <= 0.013).
-  - 10 seeds: the issue's probe measured a paired sd of ~0.035 for the worst-task difference, so 10 seeds give a
-    95% half-width of ~0.025 < 0.04; the script prints the seeds the measured sd would need.
+  - 28 seeds, from the measured paired variance: a first sweep of 10 seeds measured a paired sd of 0.105 for the
+    worst-task difference MT-GRPO lambda 0.2 - DAPO (a probe on an earlier testbed had suggested ~0.035, i.e.
+    8-10 seeds); a 95% CI of half-width 0.04 then needs (2.05 x 0.105 / 0.04)^2 = 29 seeds, 28 with the normal
+    quantile. The script prints what the sd of the run at hand asks for.
   - The rule: for every claim, d = the paired difference per seed (or the per-seed value for a one-sample claim),
     its mean and 95% CI = mean +- t(0.975, S-1) sd / sqrt(S). HELD if the CI lies on the claimed side of 0,
     NOT HELD if it lies on the other side, INCONCLUSIVE if it contains 0.
@@ -22,7 +24,8 @@ Choices fixed before any run (not tuned on the outcome):
     highest filter rate at that step, as its share minus its weight.
 
 Run (from the repo root; needs matplotlib for the PNGs: pip install -r bench/requirements-plot.txt):
-    python bench/toy_compare.py                  # 70 runs on --workers 2 processes; ~25 min on 2 cores
+    python bench/toy_compare.py                  # 196 runs on --workers 2 processes; ~31 min on 2 cores, ~21 once
+                                                 # the 28 warm starts are cached (~23 s each)
     python bench/toy_compare.py --quick          # smoke test: 1 seed, 4 steps
     python bench/toy_compare.py --reuse          # redo table, claims and figures from finished runs
 Writes to --out (default runs/toy_compare): one directory per run (log.jsonl, stdout.txt), table.txt,
@@ -224,14 +227,14 @@ def figures(runs: dict[str, list[plot.Run]], labels: dict[str, str], out: str) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="MT-GRPO vs baselines on the CPU testbed (paper Fig. 4/6/10/12/13/16), paired over seeds.")
     p.add_argument("--out", default="runs/toy_compare")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 per variant (default 10, --quick 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 per variant (default 28, --quick 1)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {FULL['steps']}, --quick {QUICK['steps']})")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 4 steps, 16 test prompts x 2 samples")
     p.add_argument("--reuse", action="store_true", help="skip runs whose directory holds a finished log of the same config")
     args = p.parse_args(argv)
     budget = dict(QUICK if args.quick else FULL)
-    seeds = list(range(args.seeds if args.seeds is not None else 1 if args.quick else 10))
+    seeds = list(range(args.seeds if args.seeds is not None else 1 if args.quick else 28))
     if args.steps:
         budget.update(steps=args.steps, eval_every=max(1, min(budget["eval_every"], args.steps // 2)))
     try:
