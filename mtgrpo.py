@@ -475,6 +475,11 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[G
                seconds_update=t2 - t1, seconds_improvement=time.perf_counter() - t2)
     return out, improvement, rows
 
+def xi_optimizer(xi: torch.Tensor, kind: str, lr: float, weight_decay: float, weighting: str, eta: float) -> torch.optim.Optimizer:
+    """The optimizer on xi: AdamW (paper), Adam or SGD. Subroutine 2's eta xi is its weight decay (SGD: none otherwise)."""
+    decay = eta if weighting == "reward_l2" else 0.0 if kind == "sgd" else weight_decay
+    return dict(adamw=torch.optim.AdamW, adam=torch.optim.Adam, sgd=torch.optim.SGD)[kind]([xi], lr, weight_decay=decay)
+
 def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improvement: torch.Tensor, J: torch.Tensor,
                         weighting: str, lam: float) -> None:
     """Subroutine 1, line 5 (or Subroutine 2 on lam J, whose eta xi is xi_opt's weight decay): one step on xi, in place."""
@@ -540,8 +545,7 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     method = next((m for m, f in METHODS.items() if all(getattr(cfg, k) == v for k, v in f.items())), "custom")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     state = LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
-    decay = cfg.eta if cfg.weighting == "reward_l2" else 0.0 if cfg.xi_optimizer == "sgd" else cfg.xi_weight_decay  # Subroutine 2: eta xi
-    xi_opt = dict(adamw=torch.optim.AdamW, adam=torch.optim.Adam, sgd=torch.optim.SGD)[cfg.xi_optimizer]([state.xi], cfg.xi_lr, weight_decay=decay)
+    xi_opt = xi_optimizer(state.xi, cfg.xi_optimizer, cfg.xi_lr, cfg.xi_weight_decay, cfg.weighting, cfg.eta)
     if saved:
         load_checkpoint(ckpt, saved, opt, xi_opt, state, rng, log_path)
     else:

@@ -912,7 +912,7 @@ def tiny_model_dir(seed: int = 0) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums depend on the thread count: one thread makes the result a function of the seed
     try:
-        acc = warm_start(model, tokenizer, seed)
+        acc = warm_start(model, tokenizer, seed, WARM_START, WARM_START_STEPS)
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(tmp)

@@ -666,7 +666,7 @@ def test_mtgrpo_lifts_the_worst_task_on_the_testbed(tmp_path, capsys):
     assert [e["step"] for e in evals] == [0, 30]
     assert evals[-1]["worst"] > evals[0]["worst"] + 0.15, evals
     out = capsys.readouterr().out
-    assert "step 0" in out and f"worst task {evals[0]['worst']:10.3f} {evals[-1]['worst']:10.3f}" in out, out[-600:]
+    assert "step 0" in out and f"{'worst task':12s} {evals[0]['worst']:10.3f} {evals[-1]['worst']:10.3f}" in out, out[-600:]
 
 
 def test_warm_start_gives_graded_partial_competence():

@@ -36,7 +36,7 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
     ("loss_sign_flipped", "loss = -total / max(float(count), 1.0)", "loss = total / max(float(count), 1.0)"),
     ("loss_ignores_normalizer", "count = mask.sum() if normalizer is None else normalizer", "count = mask.sum()"),
-    ("objective_sum_not_mean", "return num / den.clamp(min=1.0)", "return num"),
+    ("objective_sum_not_mean", "return num if agg == \"sum\" else num / den.clamp(min=1.0)", "return num"),
     ("improvement_reversed", "return (j_after - j_before).clamp(-clip, clip)", "return (j_before - j_after).clamp(-clip, clip)"),
     ("improvement_unclipped", "return (j_after - j_before).clamp(-clip, clip)", "return j_after - j_before"),
     ("iwu_minus_lambda", "s = improvement + lam * reward", "s = improvement - lam * reward"),
@@ -52,7 +52,7 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
      "batch.groups, batch.tasks = [g for _, g in kept], [k for k, _ in kept]"),
     ("micro_batch_own_normalizer", "eps_low, eps_high, agg=loss_agg, normalizer=normalizer)", "eps_low, eps_high, agg=loss_agg, normalizer=None)"),
     ("stale_pi_old", "None if j == 0 else old_logp[mb], micro_batch_size", "None, micro_batch_size"),
-    ("xi_adamw_ascends", "lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)", "lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay, maximize=True)"),
+    ("xi_adamw_ascends", "[kind]([xi], lr, weight_decay=decay)", "[kind]([xi], lr, weight_decay=decay, maximize=True)"),
     ("sec_times_temperature", "logits = np.asarray(q, dtype=np.float64) / temperature", "logits = np.asarray(q, dtype=np.float64) * temperature"),
 ]
 

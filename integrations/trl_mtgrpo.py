@@ -175,9 +175,7 @@ class MTGRPOTrainer(GRPOTrainer):
         self._pools = [(r, r) for r in rows]  # rollout_round's (examples, prompts): dataset row indices here
         K = len(self.task_names)
         self.mt = mtgrpo.LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
-        decay = a.eta if a.weighting == "reward_l2" else 0.0 if a.xi_optimizer == "sgd" else a.xi_weight_decay  # as mtgrpo.train
-        opt = dict(adamw=torch.optim.AdamW, adam=torch.optim.Adam, sgd=torch.optim.SGD)[a.xi_optimizer]
-        self.xi_opt = opt([self.mt.xi], a.xi_lr, weight_decay=decay)
+        self.xi_opt = mtgrpo.xi_optimizer(self.mt.xi, a.xi_optimizer, a.xi_lr, a.xi_weight_decay, a.weighting, a.eta)
         self.sampler_rng = np.random.default_rng(a.seed)  # the same on every rank: every sampling decision agrees
         self.mt_history: list[dict[str, Any]] = []  # one record per step, as mtgrpo.py's log.jsonl
         self._pending: dict[str, Any] | None = None  # the step's batch until its I_k and IWU step are done
