@@ -11,7 +11,7 @@ has proportions z. `train()` is Algorithm 1:
         J_k        = accuracy of task k's rollouts this step
         z          = softmax(xi - beta * g(I, J))              # Subroutine 1 -> iwu_gradient()
 
-    python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks (~1.5 min)
+    python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks (~80 s)
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
 """
