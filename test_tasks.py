@@ -484,3 +484,24 @@ def test_agrees_with_reasoning_gym_on_honest_answers(rg_name):
             ex = Example(rg_name, entry["question"], gold, "name" if rg_name == "zebra_puzzles" else "grid")
         assert data.score_answer(gold, entry) == 1.0
         assert verify.reward(boxed(gold), ex) == 1.0, (rg_name, gold)
+
+
+# -----------------------------------------------------------------------------
+# bench/plot.py reads logs (drawing needs matplotlib; reading does not)
+
+
+def test_plot_names_a_malformed_line_and_an_empty_log(tmp_path):
+    """A cut-short record is named by file and line; an empty log, or one with only its config, says its run failed."""
+    from bench import plot
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    with pytest.raises(ValueError, match="is empty: its run failed"):
+        plot.load_run(str(tmp_path))
+    config = json.dumps({"kind": "config", "method": "mtgrpo", "tasks": "toy_copy", "seed": 0}) + "\n"
+    log.write_text(config)
+    with pytest.raises(ValueError, match="holds no training step: its run failed or was stopped"):
+        plot.load_run(str(tmp_path))
+    log.write_text(config + json.dumps({"kind": "train", "step": 1}) + "\n" + '{"kind": "train", "st\n')
+    with pytest.raises(ValueError, match=r"log.jsonl, line 3: malformed record"):
+        plot.load_run(str(tmp_path))

@@ -16,7 +16,9 @@ Choices fixed before any run (not tuned on the outcome):
   - 28 seeds, from the measured paired variance: a first sweep of 10 seeds measured a paired sd of 0.105 for the
     worst-task difference MT-GRPO lambda 0.2 - DAPO (a probe on an earlier testbed had suggested ~0.035, i.e.
     8-10 seeds); a 95% CI of half-width 0.04 then needs (2.05 x 0.105 / 0.04)^2 = 29 seeds, 28 with the normal
-    quantile. The script prints what the sd of the run at hand asks for.
+    quantile. 28 is also what the 30-minute budget holds (~31 min from scratch on 2 cores, ~19 with the warm starts
+    cached). The 28-seed sweep then measured sd 0.110: a half-width of 0.043. The script prints what the sd of the
+    run at hand asks for.
   - The rule: for every claim, d = the paired difference per seed (or the per-seed value for a one-sample claim),
     its mean and 95% CI = mean +- t(0.975, S-1) sd / sqrt(S). HELD if the CI lies on the claimed side of 0,
     NOT HELD if it lies on the other side, INCONCLUSIVE if it contains 0.
