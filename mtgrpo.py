@@ -257,7 +257,7 @@ class Config:
     overwrite: bool = arg(False, "clear another run's log and checkpoints from --out-dir instead of refusing to start")
     save_every: int = arg(0, "checkpoint every this many steps (0: only at the end and on Ctrl-C / SIGTERM)", "[0, inf)")
     keep_checkpoints: int = arg(2, "the newest complete checkpoints kept; older ones go once a new one is complete", "[1, inf)")
-    eval_every: int = arg(25, "evaluate every this many steps (0: only at the end)", "[0, inf)")
+    eval_every: int = arg(25, "evaluate at step 0 and every this many steps (0: at step 0 and the end only)", "[0, inf)")
     eval_k: int = arg(8, "samples per test prompt for mean@k (paper: 8)", "[1, inf)")
     eval_prompts: int = arg(200, "test prompts per task (paper: 200)", "[1, inf)")
     n_train: int = arg(1000, "train prompts per task (paper: 1000; released data: 10000)", "[1, 10000]")
@@ -643,7 +643,8 @@ def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
 def summary(log_path: str, k: int, prompts: int) -> str:
     """Each task's test accuracy at the first and the last evaluation of a log, and the noise to read them against:
     the binomial std sqrt(p (1 - p) / (prompts k)) of a mean@k, at its largest over the values shown."""
-    a, *_, b = [r for r in map(json.loads, open(log_path)) if r["kind"] == "eval"] * 2  # the first and the last
+    evals = [r for r in map(json.loads, open(log_path)) if r["kind"] == "eval"]
+    a, b = evals[0], evals[-1]
     rows = [(t, a["acc"][t], b["acc"][t]) for t in b["acc"]] + [("worst task", a["worst"], b["worst"]), ("average", a["avg"], b["avg"])]
     std = max(math.sqrt(p * (1 - p) / (prompts * k)) for _, *ps in rows for p in ps)
     return (f"  test accuracy, mean@{k} over {prompts} prompts per task (noise: binomial std <= {std:.3f})\n  {'':12s} step "

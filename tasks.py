@@ -5,7 +5,7 @@ difficulties each, toy tasks a tiny model learns on CPU, and bring-your-own task
     countdown_{easy,medium,hard,very_hard}   3/4/5/6 numbers in 1..100, reach an integer target in 1..1000
     zebra_{easy,medium,hard,very_hard}       3x3/4x4/5x5/6x6 people x attributes; who lives in house 1?
     arc1d_{easy,medium,hard,very_hard}       ARC-1D rows of 10/20/30/40 cells, 3 examples + a test input
-    toy_copy, toy_next, toy_sum              one-character answers (CPU demos and tests)
+    toy_copy, toy_next, toy_first, toy_sum   one-character answers (the CPU testbed and tests)
     path/to/file.jsonl                       one {"prompt", "answer", "verifier"} object per line
 
 The paper used reasoning-gym's generators (Chen et al. 2025 released the data); ours are written from
@@ -611,8 +611,8 @@ def _arc1d(rng: random.Random, level: str) -> tuple[str, str, dict]:
 
 
 # -----------------------------------------------------------------------------
-# Toy tasks: one-character answers, the deciding character last in the prompt, so a tiny model learns
-# them in minutes. Difficulty differs (copy < next < sum), so their zero-gradient filter rates differ.
+# Toy tasks: one-character answers for a tiny model on CPU. copy, next and first are learned in seconds of
+# supervision (the testbed's warm start, below); sum ((a + b) mod 10) a tiny model does not learn quickly.
 
 TOY_LETTERS = "abcdef"
 
