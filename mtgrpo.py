@@ -496,8 +496,7 @@ def update_sec_values(q: np.ndarray, rows: Rows, decay: float) -> np.ndarray:
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable, N: int,
                   filter_mode: str, rng: np.random.Generator, used: list[set]) -> tuple[list[list[Group]], dict[str, Any]]:
     """Alg. 2 lines 5-9, the samplers' sample_round: draw, sample N each, score, filter; stats are from before the filter."""
-    t, K = time.perf_counter(), len(data)
-    picks = []
+    t, K, picks = time.perf_counter(), len(data), []
     for k in range(K):  # without replacement within a step (`used`: its earlier rounds), as the released code draws
         free = [i for i in range(len(data[k][0])) if i not in used[k]]
         free = free if len(free) >= counts[k] else list(range(len(data[k][0])))  # a small task set runs out: reuse
@@ -632,14 +631,6 @@ def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, eta: flo
             f" | z {fmt(rec['z'])} | shares {fmt(rec['batch_shares'])} | rounds {rec['rounds']}"
             + (f" | loss {rec['loss']:+.2e}" if "loss" in rec else " | no group survived: no update"))
 
-def mean_at_k(correct: np.ndarray) -> float:
-    """mean@k accuracy: correct (P, k) booleans for P test prompts x k samples -> their mean."""
-    return float(np.mean(correct)) if np.size(correct) else 0.0
-
-def worst_and_average(acc: dict[str, float]) -> tuple[float, float]:
-    """Worst-task accuracy (the paper's headline metric) and the average over tasks."""
-    return min(acc.values()), sum(acc.values()) / len(acc)
-
 def summary(log_path: str, k: int, prompts: int) -> str:
     """Each task's test accuracy at the first and the last evaluation of a log, and the noise to read them against:
     the binomial std sqrt(p (1 - p) / (prompts k)) of a mean@k, at its largest over the values shown."""
@@ -651,12 +642,13 @@ def summary(log_path: str, k: int, prompts: int) -> str:
             f"{a['step']:<5d} step {b['step']:<5d} change\n" + "\n".join(f"  {t:12s} {x:10.3f} {y:10.3f} {y - x:+7.3f}" for t, x, y in rows))
 
 def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k: int, seed: int, step: int) -> dict[str, Any]:
-    """mean@k on each task's test split -> the eval record, sampled on a forked RNG: evaluating never changes training."""
+    """Sec. 6's metrics -> the eval record: mean@k per task (the fraction correct over its P test prompts x k samples),
+    the worst task's (the headline) and their average. Sampled on a forked RNG: evaluating never changes training."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
-        acc = {name: mean_at_k(np.stack([(r == 1.0).numpy() for r in score(examples, sample(ids, k))]))
+        acc = {name: float(np.mean([(r == 1.0).float().mean() for r in score(examples, sample(ids, k))]))
                for name, (examples, ids) in zip(names, test)}
-    worst, avg = worst_and_average(acc)
+    worst, avg = min(acc.values()), sum(acc.values()) / len(acc)
     print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | " + " ".join(f"{t} {v:.3f}" for t, v in acc.items()), flush=True)
     return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
 

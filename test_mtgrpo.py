@@ -588,11 +588,16 @@ def test_sampler_bad_arguments_name_the_argument(kwargs, name):
 
 
 def test_metrics_hand_computed():
+    """evaluate(): task a's 2 prompts x k = 4 samples score [1, 0, 0.1, 1] and [1, 1, 1, 1] (0.1 is a wrong but boxed
+    answer: not correct), so mean@4 = 6/8 = 0.75; task b's one prompt [0, 0, 0, 1]: 0.25. Worst 0.25, average 0.5."""
+    rewards = {"a": [[1, 0, 0.1, 1], [1, 1, 1, 1]], "b": [[0, 0, 0, 1]]}
+    score = lambda examples, outs: [torch.tensor(r) for r in rewards[examples[0]]]  # noqa: E731
+    sample = lambda ids, k: [None] * len(ids)  # noqa: E731
+    rec = M.evaluate(sample, score, [(["a", "a"], [[1], [2]]), (["b"], [[3]])], ["a", "b"], k=4, seed=0, step=7)
+    assert rec == {"kind": "eval", "step": 7, "acc": {"a": 0.75, "b": 0.25}, "worst": 0.25, "avg": 0.5}
     acc = {"a": 0.5, "b": 0.2, "c": 0.9}
-    assert M.worst_and_average(acc) == (0.2, pytest.approx(1.6 / 3))
     base = {"a": 0.25, "b": 0.4, "c": 0.9}
     assert average_relative_change(acc, base) == pytest.approx(100 * (1.0 - 0.5 + 0.0) / 3)
-    assert M.mean_at_k(np.array([[1, 0, 0, 1], [1, 1, 1, 1]])) == 0.75
     assert steps_to_threshold([10, 20, 30], [0.2, 0.41, 0.5], 0.4) == 20
     assert steps_to_threshold([10], [0.2], 0.4) is None
 
