@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     dataset = task_dataset(script.tasks, script.n_train, cfg.seed, prompt_style(script.prompt_style, model, tokenizer), tokenizer)
     trainer = MTGRPOTrainer(model=model, reward_funcs=verify_reward, args=cfg, train_dataset=dataset, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    if torch.distributed.is_initialized():  # gloo can abort in its destructor if the interpreter tears it down
+        torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
     main()
