@@ -646,7 +646,7 @@ def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k:
     the worst task's (the headline) and their average. Sampled on a forked RNG: evaluating never changes training."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(seed)
-        acc = {name: float(np.mean([(r == 1.0).float().mean() for r in score(examples, sample(ids, k))]))
+        acc = {name: float(np.mean([(r == 1.0).double().mean() for r in score(examples, sample(ids, k))]))
                for name, (examples, ids) in zip(names, test)}
     worst, avg = min(acc.values()), sum(acc.values()) / len(acc)
     print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | " + " ".join(f"{t} {v:.3f}" for t, v in acc.items()), flush=True)

@@ -588,13 +588,14 @@ def test_sampler_bad_arguments_name_the_argument(kwargs, name):
 
 
 def test_metrics_hand_computed():
-    """evaluate(): task a's 2 prompts x k = 4 samples score [1, 0, 0.1, 1] and [1, 1, 1, 1] (0.1 is a wrong but boxed
-    answer: not correct), so mean@4 = 6/8 = 0.75; task b's one prompt [0, 0, 0, 1]: 0.25. Worst 0.25, average 0.5."""
-    rewards = {"a": [[1, 0, 0.1, 1], [1, 1, 1, 1]], "b": [[0, 0, 0, 1]]}
+    """evaluate(): task a's 2 prompts x k = 5 samples score [1, 0, 0.1, 1, 1] and [1, 1, 1, 1, 0] (0.1 is a wrong but
+    boxed answer: not correct), so mean@5 = 7/10 = 0.7; task b's one prompt [0, 0, 0, 1, 0]: 0.2. Worst 0.2, average
+    0.45. Logged in double precision: a float32 mean would log 0.2 as 0.20000000298."""
+    rewards = {"a": [[1, 0, 0.1, 1, 1], [1, 1, 1, 1, 0]], "b": [[0, 0, 0, 1, 0]]}
     score = lambda examples, outs: [torch.tensor(r) for r in rewards[examples[0]]]  # noqa: E731
     sample = lambda ids, k: [None] * len(ids)  # noqa: E731
-    rec = M.evaluate(sample, score, [(["a", "a"], [[1], [2]]), (["b"], [[3]])], ["a", "b"], k=4, seed=0, step=7)
-    assert rec == {"kind": "eval", "step": 7, "acc": {"a": 0.75, "b": 0.25}, "worst": 0.25, "avg": 0.5}
+    rec = M.evaluate(sample, score, [(["a", "a"], [[1], [2]]), (["b"], [[3]])], ["a", "b"], k=5, seed=0, step=7)
+    assert rec == {"kind": "eval", "step": 7, "acc": {"a": 0.7, "b": 0.2}, "worst": 0.2, "avg": pytest.approx(0.45, rel=1e-12)}
     acc = {"a": 0.5, "b": 0.2, "c": 0.9}
     base = {"a": 0.25, "b": 0.4, "c": 0.9}
     assert average_relative_change(acc, base) == pytest.approx(100 * (1.0 - 0.5 + 0.0) / 3)
