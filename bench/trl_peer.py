@@ -22,7 +22,8 @@ and zero_grad. It excludes the Trainer's logging after on_step_end and fetching 
 Usage:
   /tmp/venv-trl/bin/python bench/trl_peer.py [--steps 6] [--threads 2]     # from the repo root
 
-The last six lines printed are the figures, one per line, as `name value`.
+The last six lines printed are the figures, one per line, as `name value`. bench/trl_w2.py runs W2 through this
+file's grpo_config and measure.
 """
 
 import argparse
@@ -221,85 +222,60 @@ def install_cache_probe(model):
     return calls, handle
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up (default 6)")
+def peer_args(doc: str, steps: int, model_dir: str, output_dir: str):
+    """The peer scripts' command line: --steps (the first is warm-up), --threads, --model-dir, --output-dir, --quiet."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=steps, help=f"optimizer steps; the first is warm-up (default {steps})")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--model-dir", default="/tmp/trl_peer_w1_model", help="where the tiny model+tokenizer go")
-    ap.add_argument("--output-dir", default="/tmp/trl_peer_w1_out", help="Trainer output_dir (nothing is saved)")
+    ap.add_argument("--model-dir", default=model_dir, help="the model+tokenizer directory")
+    ap.add_argument("--output-dir", default=output_dir, help="Trainer output_dir (nothing is saved)")
     ap.add_argument("--quiet", action="store_true", help="do not print per-step lines")
     a = ap.parse_args()
     if a.steps < 2:
         ap.error("--steps must be >= 2 (step 1 is warm-up)")
+    return ap, a
 
-    import torch
 
-    torch.set_num_threads(a.threads)
-    warnings.simplefilter("default")  # surface TRL/transformers warnings once each
-
+def quiet_hf(threads: int) -> None:
+    """torch threads set; TRL/transformers warnings shown once each; no progress bars."""
     import datasets
+    import torch
     import transformers
-    import trl
-    from transformers import PreTrainedTokenizerFast
-    from trl import GRPOConfig, GRPOTrainer
 
+    torch.set_num_threads(threads)
+    warnings.simplefilter("default")
     transformers.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
 
-    n_params = build_model_dir(a.model_dir)
-    # AutoTokenizer/AutoProcessor would NOT give back this tokenizer: transformers 5.x lists model_type "qwen2" in
-    # MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS and forces Qwen2Tokenizer (byte-level BPE pipeline, drops spaces).
-    # So the tokenizer is loaded by path with the generic fast class and handed to the trainer.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(a.model_dir)
-    assert tokenizer.decode(tokenizer("Solve: 12+7=")["input_ids"]) == "Solve: 12+7="
-    special_ids = [tokenizer.pad_token_id, tokenizer.eos_token_id]
 
-    P, G, T = W1["prompts_per_step"], W1["num_generations"], W1["completion_tokens"]
-    prompts = w1_prompts(P * a.steps)
-    train_ds = datasets.Dataset.from_dict({"prompt": prompts})
+def grpo_config(a, workload: dict, suppress_ids: list, **overrides):
+    """The GRPOConfig both workloads share (W1 or W2 as `workload`): one generation batch = one optimizer step of
+    prompts_per_step x num_generations completions, each exactly completion_tokens long (suppress_ids never sampled),
+    plain multinomial sampling, no reference model (beta 0), fp32 on CPU, prompts in dataset order, nothing saved."""
+    from trl import GRPOConfig
 
-    cfg = GRPOConfig(
-        output_dir=a.output_dir,
-        use_cpu=True,
-        seed=W1["train_seed"],
-        max_steps=a.steps,
-        per_device_train_batch_size=P * G,  # 64 completions = one generation batch = one optimizer step
-        gradient_accumulation_steps=1,
-        num_generations=G,
-        num_iterations=1,
-        max_completion_length=T,
-        generation_kwargs={"suppress_tokens": special_ids},  # EOS (and pad) never sampled -> every completion is 64
-        temperature=W1["temperature"],
-        top_p=1.0,
-        top_k=0,
-        beta=W1["beta"],
-        learning_rate=W1["learning_rate"],
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
+    P, G, T = workload["prompts_per_step"], workload["num_generations"], workload["completion_tokens"]
+    return GRPOConfig(
+        output_dir=a.output_dir, use_cpu=True, seed=workload["train_seed"], max_steps=a.steps,
+        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G, num_iterations=1,
+        max_completion_length=T, generation_kwargs={"suppress_tokens": suppress_ids},  # -> every completion is T long
+        temperature=workload["temperature"], top_p=1.0, top_k=0, beta=workload["beta"],
+        learning_rate=workload["learning_rate"], bf16=False, fp16=False, gradient_checkpointing=False,
         activation_checkpointing=False,  # transformers 5.x name; setting both avoids a deprecation warning
-        use_vllm=False,
-        shuffle_dataset=False,  # step i uses prompts[8i:8i+8]
-        model_init_kwargs={"dtype": "float32"},
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        log_completions=False,
-    )
+        use_vllm=False, shuffle_dataset=False, model_init_kwargs={"dtype": "float32"}, logging_steps=1, report_to="none",
+        save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, log_completions=False, **overrides)
 
-    timer = StepTimer()
-    prof = install_profiling_recorder()
-    trainer = GRPOTrainer(
-        model=a.model_dir,  # the trainer loads the model by path (AutoModelForCausalLM, fp32)
-        reward_funcs=reward_frac_a,
-        processing_class=tokenizer,
-        args=cfg,
-        train_dataset=train_ds,
-        callbacks=[timer.callback],
-    )
-    m = trainer.model
+
+def measure(trainer, tokens_per_step: int, quiet: bool, **info) -> None:
+    """Train on a checked-idle host, timing each optimizer step (StepTimer) and TRL's own profiling blocks; print the
+    setup, the KV-cache evidence, per-step lines, the median split, the host-noise probes and the six figures."""
+    import torch
+    import transformers
+    import trl
+
+    timer, prof = StepTimer(), install_profiling_recorder()
+    trainer.add_callback(timer.callback)
+    m, cfg = trainer.model, trainer.args
     probe_calls, probe_handle = install_cache_probe(m)
 
     def after_step(global_step):
@@ -307,16 +283,16 @@ def main():
             probe_handle.remove()
 
     timer.after_step = after_step
-
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "params": n_params,
+        "params": sum(p.numel() for p in m.parameters()),
         "dtype": str(next(m.parameters()).dtype),
         "device": str(next(m.parameters()).device),
         "attn_implementation": getattr(m.config, "_attn_implementation", None),
         "optim": str(cfg.optim),
         "loss_type": cfg.loss_type,
+        "epsilon": (cfg.epsilon, cfg.epsilon_high),
         "generation_batch_size": cfg.generation_batch_size,
         "steps_per_generation": cfg.steps_per_generation,
         "gen_config": {
@@ -327,6 +303,7 @@ def main():
         "activation_checkpointing": m.is_activation_checkpointing,
         "tokenizer": type(trainer.processing_class).__name__,
         "vocab": len(trainer.processing_class),
+        **info,
     }
     print("setup", info, flush=True)
 
@@ -349,7 +326,7 @@ def main():
     med = statistics.median(measured)
 
     # KV-cache evidence from the warm-up step's generate: one prefill call, then 1-token calls with a cache.
-    gen_calls = probe_calls[:T]
+    gen_calls = probe_calls[:trainer.generation_config.max_new_tokens]
     n1 = sum(1 for length, _ in gen_calls[1:] if length == 1)
     cached = sum(1 for _, past in gen_calls[1:] if past > 0)
     print(
@@ -359,7 +336,7 @@ def main():
         flush=True,
     )
 
-    if not a.quiet:
+    if not quiet:
         names = [
             ("gen", "GRPOTrainer.transformers.generate"),
             ("prep", "GRPOTrainer._prepare_inputs"),
@@ -376,7 +353,7 @@ def main():
                 f"step {i + 1} seconds={t:.3f} {parts} backward_clip={bwd:.3f} optimizer_step={timer.optim_times[i]:.3f} "
                 f"trl_step_time={lg.get('step_time', float('nan')):.3f} "
                 f"completion_len_min={lg.get('completions/min_length')} max={lg.get('completions/max_length')} "
-                f"reward={lg.get('reward', float('nan')):.4f}"
+                f"reward={lg.get('reward', float('nan')):.4f} grad_norm={lg.get('grad_norm', float('nan')):.4f}"
                 + (" (warm-up)" if i == 0 else ""),
                 flush=True,
             )
@@ -407,9 +384,34 @@ def main():
     print(f"transformers_version {transformers.__version__}")
     print(f"seconds_per_step_median {med:.4f}")
     print(f"seconds_per_step_min {min(measured):.4f}")
-    print(f"completion_tokens_per_second {P * G * T / med:.1f}")
+    print(f"completion_tokens_per_second {tokens_per_step / med:.1f}")
     print(f"peak_rss_mb {peak_rss_mb:.1f}")
     sys.stdout.flush()
+
+
+def main():
+    _, a = peer_args(__doc__, 6, "/tmp/trl_peer_w1_model", "/tmp/trl_peer_w1_out")
+    quiet_hf(a.threads)
+    import datasets
+    from transformers import PreTrainedTokenizerFast
+    from trl import GRPOTrainer
+
+    build_model_dir(a.model_dir)
+    # AutoTokenizer/AutoProcessor would NOT give back this tokenizer: transformers 5.x lists model_type "qwen2" in
+    # MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS and forces Qwen2Tokenizer (byte-level BPE pipeline, drops spaces).
+    # So the tokenizer is loaded by path with the generic fast class and handed to the trainer.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(a.model_dir)
+    assert tokenizer.decode(tokenizer("Solve: 12+7=")["input_ids"]) == "Solve: 12+7="
+    P, G, T = W1["prompts_per_step"], W1["num_generations"], W1["completion_tokens"]
+    cfg = grpo_config(a, W1, [tokenizer.pad_token_id, tokenizer.eos_token_id])
+    trainer = GRPOTrainer(
+        model=a.model_dir,  # the trainer loads the model by path (AutoModelForCausalLM, fp32)
+        reward_funcs=reward_frac_a,
+        processing_class=tokenizer,
+        args=cfg,
+        train_dataset=datasets.Dataset.from_dict({"prompt": w1_prompts(P * a.steps)}),  # step i: prompts[8i:8i+8]
+    )
+    measure(trainer, P * G * T, a.quiet)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,8 @@ Usage:
 The last six lines printed are the figures, one per line, as `name value`.
 """
 
-import argparse
 import os
-import resource
-import statistics
 import sys
-import time
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,8 +43,7 @@ sys.path.insert(0, os.path.join(_HERE, ".."))
 import tasks  # noqa: E402  (stdlib only at import)
 import verify  # noqa: E402
 from smollm2 import CACHE  # noqa: E402
-from trl_peer import (StepTimer, cpu_calibration_gflops, install_cache_probe, install_profiling_recorder,  # noqa: E402
-                      other_processes_cpu, read_busy_ticks)
+from trl_peer import grpo_config, measure, peer_args, quiet_hf  # noqa: E402
 
 W2 = dict(
     task="countdown_medium",
@@ -93,172 +87,31 @@ def reward_countdown(completions, numbers, target, **kwargs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps; the first is warm-up (default 4)")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--model-dir", default=MODEL_DIR, help="SmolLM2-135M-Instruct save_pretrained directory")
-    ap.add_argument("--output-dir", default="/tmp/trl_w2_out", help="Trainer output_dir (nothing is saved)")
-    ap.add_argument("--quiet", action="store_true", help="do not print per-step lines")
-    a = ap.parse_args()
-    if a.steps < 2:
-        ap.error("--steps must be >= 2 (step 1 is warm-up)")
+    ap, a = peer_args(__doc__, 4, MODEL_DIR, "/tmp/trl_w2_out")
     if not os.path.isfile(os.path.join(a.model_dir, "config.json")):
         ap.error(f"{a.model_dir} has no config.json: run `python bench/smollm2.py` (in a venv with requirements-real.txt) first")
-
-    import torch
-
-    torch.set_num_threads(a.threads)
-    warnings.simplefilter("default")
-
+    quiet_hf(a.threads)
     import datasets
-    import transformers
-    import trl
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-
-    transformers.logging.set_verbosity_warning()
-    datasets.disable_progress_bars()
+    from trl import GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(a.model_dir)
-    special_ids = w2_suppress_ids(tokenizer)
     P, G, T = W2["prompts_per_step"], W2["num_generations"], W2["completion_tokens"]
     examples = w2_examples(P * a.steps)
-    train_ds = datasets.Dataset.from_dict({
-        "prompt": w2_prompts(examples),
-        "numbers": [ex.info["numbers"] for ex in examples],
-        "target": [ex.info["target"] for ex in examples],
-    })
-
-    cfg = GRPOConfig(
-        output_dir=a.output_dir,
-        use_cpu=True,
-        seed=W2["train_seed"],
-        max_steps=a.steps,
-        per_device_train_batch_size=P * G,  # 32 completions = one generation batch = one optimizer step
-        gradient_accumulation_steps=1,
-        num_generations=G,
-        num_iterations=1,
-        max_completion_length=T,
-        generation_kwargs={"suppress_tokens": special_ids},  # end of turn never sampled -> every completion is 64
-        temperature=W2["temperature"],
-        top_p=1.0,
-        top_k=0,
-        beta=W2["beta"],
-        epsilon=W2["clip"],
-        max_grad_norm=W2["grad_clip"],
-        learning_rate=W2["learning_rate"],
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        activation_checkpointing=False,
-        use_vllm=False,
-        shuffle_dataset=False,  # step i uses prompts[4i:4i+4]
-        model_init_kwargs={"dtype": "float32"},
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        log_completions=False,
-    )
-
-    timer = StepTimer()
-    prof = install_profiling_recorder()
+    cfg = grpo_config(a, W2, w2_suppress_ids(tokenizer), epsilon=W2["clip"], max_grad_norm=W2["grad_clip"],
+                      adam_beta1=0.9, adam_beta2=0.999)
     trainer = GRPOTrainer(
         model=a.model_dir,
         reward_funcs=reward_countdown,
         processing_class=tokenizer,
         args=cfg,
-        train_dataset=train_ds,
-        callbacks=[timer.callback],
+        train_dataset=datasets.Dataset.from_dict({  # step i: prompts[4i:4i+4]
+            "prompt": w2_prompts(examples),
+            "numbers": [ex.info["numbers"] for ex in examples],
+            "target": [ex.info["target"] for ex in examples],
+        }),
     )
-    m = trainer.model
-    probe_calls, probe_handle = install_cache_probe(m)
-
-    def after_step(global_step):
-        if global_step == 1:
-            probe_handle.remove()
-
-    timer.after_step = after_step
-
-    info = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in m.parameters()),
-        "dtype": str(next(m.parameters()).dtype),
-        "attn_implementation": getattr(m.config, "_attn_implementation", None),
-        "optim": str(cfg.optim),
-        "loss_type": cfg.loss_type,
-        "epsilon": (cfg.epsilon, cfg.epsilon_high),
-        "generation_batch_size": cfg.generation_batch_size,
-        "gen_config": {
-            k: getattr(trainer.generation_config, k)
-            for k in ("max_new_tokens", "suppress_tokens", "do_sample", "temperature", "top_p", "top_k", "use_cache")
-        },
-        "activation_checkpointing": m.is_activation_checkpointing,
-        "tokenizer": type(trainer.processing_class).__name__,
-    }
-    print("setup", info, flush=True)
-
-    busy0, own0, t0 = read_busy_ticks(), sum(os.times()[:2]), time.perf_counter()
-    time.sleep(1.0)
-    _, idle_check_share = other_processes_cpu(time.perf_counter() - t0, busy0, own0)
-    calib_before = cpu_calibration_gflops()
-    busy0, own0 = read_busy_ticks(), sum(os.times()[:2])
-    t_train0 = time.perf_counter()
-    trainer.train()
-    train_wall = time.perf_counter() - t_train0
-    others_cpu_s, others_share = other_processes_cpu(train_wall, busy0, own0)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    calib_after = cpu_calibration_gflops()
-
-    step_logs = [l for l in timer.logs if "reward" in l or "step_time" in l]
-    st = timer.step_times
-    measured = st[1:]
-    med = statistics.median(measured)
-
-    gen_calls = probe_calls[:T]
-    n1 = sum(1 for length, _ in gen_calls[1:] if length == 1)
-    print(
-        f"kv_cache_probe prefill_len={gen_calls[0][0] if gen_calls else None} "
-        f"decode_calls={len(gen_calls) - 1} one_token_calls={n1}",
-        flush=True,
-    )
-    if not a.quiet:
-        names = [
-            ("gen", "GRPOTrainer.transformers.generate"),
-            ("prep", "GRPOTrainer._prepare_inputs"),
-            ("loss_fwd", "GRPOTrainer.compute_loss"),
-        ]
-        for i, t in enumerate(st):
-            p = prof.get(i, {})
-            parts = " ".join(f"{k}={p.get(n, float('nan')):.3f}" for k, n in names)
-            bwd = timer.to_optim[i] - p.get("GRPOTrainer._prepare_inputs", 0.0) - p.get("GRPOTrainer.compute_loss", 0.0)
-            lg = step_logs[i] if i < len(step_logs) else {}
-            print(
-                f"step {i + 1} seconds={t:.3f} {parts} backward_clip={bwd:.3f} optimizer_step={timer.optim_times[i]:.3f} "
-                f"completion_len_min={lg.get('completions/min_length')} max={lg.get('completions/max_length')} "
-                f"reward={lg.get('reward', float('nan')):.4f} grad_norm={lg.get('grad_norm', float('nan')):.4f}"
-                + (" (warm-up)" if i == 0 else ""),
-                flush=True,
-            )
-        gen_med = statistics.median(prof[i]["GRPOTrainer.transformers.generate"] for i in range(1, len(st)))
-        print(f"split_median generate={gen_med:.3f}s ({100 * gen_med / med:.0f}%) train_wall={train_wall:.2f}s", flush=True)
-    print(f"cpu_calibration_gflops before={calib_before:.1f} after={calib_after:.1f} "
-          f"(fp32 256x256 matmul, {torch.get_num_threads()} threads)", flush=True)
-    print(f"other_processes_cpu share_before={idle_check_share:.2f} during_train={others_share:.2f} "
-          f"({others_cpu_s:.1f} cpu-s) -- share of all cores used by other processes; above ~0.05 the figures "
-          f"below are not clean", flush=True)
-
-    print(f"trl_version {trl.__version__}")
-    print(f"transformers_version {transformers.__version__}")
-    print(f"seconds_per_step_median {med:.4f}")
-    print(f"seconds_per_step_min {min(measured):.4f}")
-    print(f"completion_tokens_per_second {P * G * T / med:.1f}")
-    print(f"peak_rss_mb {peak_rss_mb:.1f}")
-    sys.stdout.flush()
+    measure(trainer, P * G * T, a.quiet)
 
 
 if __name__ == "__main__":
