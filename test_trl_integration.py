@@ -334,7 +334,8 @@ def _worker(out: str) -> None:
     log = {"history": [{k: v for k, v in h.items() if not k.startswith("seconds")} for h in tr.mt_history],
            "task_counts": [np.bincount(torch.cat(t)[::N][torch.cat(t)[::N] >= 0].numpy(), minlength=3).tolist() for _, t, _ in tr.trained],
            "rows": [[len(mb["advantages"]) for mb in mbs] for mbs, _, _ in tr.trained], "prompts_here": seen}
-    json.dump(log, open(os.path.join(out, f"rank{rank}.json"), "w"))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(log, f)
     # Leave together and tear gloo down before the interpreter does: a rank that exits with its process group still
     # alive can abort in gloo's destructor ("terminate called without an active exception"), seen once in CI.
     torch.distributed.barrier()
