@@ -18,7 +18,7 @@ Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidd
 
 from __future__ import annotations
 
-import argparse, contextlib, functools, inspect, json, math, os, random, re, shutil, signal, sys, tempfile, time
+import argparse, contextlib, functools, inspect, json, math, os, re, shutil, signal, sys, tempfile, time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -52,9 +52,8 @@ def zero_gradient_keep(rewards: torch.Tensor, mode: str = "strict") -> torch.Ten
 def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1.0 up to and including the first EOS, 0.0 after, (R, T): the EOS is learned (the model must stop), what
     generate() pads after it is not, even when pad == eos. No EOS: truncated, every token counts."""
-    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()
-    return (eos_before == 0).float()
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device)).long()
+    return (torch.cumsum(is_eos, dim=1) - is_eos == 0).float()  # no EOS strictly before this token
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    chunk_size: int = 2048) -> torch.Tensor:
@@ -133,8 +132,7 @@ def reward_l2_gradient(z: torch.Tensor, reward: torch.Tensor, xi: torch.Tensor, 
 
 def sec_distribution(q: np.ndarray, temperature: float = 0.2) -> np.ndarray:
     """SEC baseline: Boltzmann over learning progress Q_k (EMA of the mean |A| of task k's groups), T = 0.2."""
-    logits = np.asarray(q, dtype=np.float64) / temperature
-    p = np.exp(logits - logits.max())
+    p = np.exp(np.asarray(q, dtype=np.float64) / temperature - np.max(q) / temperature)  # minus the largest: no overflow
     return p / p.sum()
 
 def task_weights(weighting: str, xi: torch.Tensor, sec_q: np.ndarray, sec_temperature: float) -> np.ndarray:
@@ -149,7 +147,6 @@ def task_weights(weighting: str, xi: torch.Tensor, sec_q: np.ndarray, sec_temper
 # Samplers call `sample_round(counts) -> (survivors, stats)`: draw counts[k] prompts of task k, generate N rollouts
 # each, score, filter; survivors[k] are task k's groups that passed, stats whatever the round logs (SampledBatch.stats).
 # Samplers never see a model, so fakes test them.
-
 @dataclass
 class SampledBatch:
     groups: list[Any]           # the prompt groups to train on (at most B), in random order
@@ -159,7 +156,7 @@ class SampledBatch:
     generated: list[list[int]] = field(default_factory=list)  # per round: prompts generated per task
     accepted: list[list[int]] = field(default_factory=list)   # per round: prompts surviving the filter
     stats: list[Any] = field(default_factory=list)            # per round: sample_round's stats
-    rounds: int = 0                                           # generation rounds, the first included
+    rounds = property(lambda self: len(self.generated))       # generation rounds, the first included
 
 def _check_sampler_args(z, B: int, rho, os_factor: float, max_rounds: int, acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     z, rho = np.asarray(z, dtype=np.float64), np.asarray(rho, dtype=np.float64)
@@ -187,7 +184,6 @@ def _generation_round(batch: SampledBatch, sample_round: Callable, counts: np.nd
     batch.generated.append(counts.tolist())
     batch.accepted.append(accepted.tolist())
     batch.stats.append(stats)
-    batch.rounds += 1
     batch.rho = update_filter_rates(batch.rho, counts, accepted, rho_decay)
     return survivors
 
@@ -417,7 +413,7 @@ def batch_logprobs(logprobs: Callable, rows: Rows, idx: list[int], micro_batch_s
         for ix in chunks(idx, micro_batch_size):
             t = used_len(rows.mask[ix])
             out.append(F.pad(logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t]).float(), (0, T - t)))
-    return torch.cat(out).cpu()  # one copy to the host, not one per micro-batch
+    return torch.cat(out).cpu() if out else torch.zeros(0, T)  # one copy to the host, not one per micro-batch
 
 def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx: list[int], old_logp: torch.Tensor | None,
                 micro_batch_size: int = 8, eps_low: float = 0.2, eps_high: float = 0.28, loss_agg: str = "token_mean",
@@ -426,7 +422,8 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     theta_old (first minibatch): then this forward's own log-probs, detached, are pi_old. -> (stats, old log-probs)"""
     T, used_old, sums = rows.responses.shape[1], [], None
     # token_mean divides by the tokens of the whole minibatch, not of each micro-batch (tested: split == full)
-    normalizer = float(rows.mask[idx].sum()) if loss_agg == "token_mean" else float(len(idx))
+    n_tok = max(float(rows.mask[idx].sum()), 1.0)
+    normalizer = n_tok if loss_agg == "token_mean" else float(len(idx))
     for j, ix in enumerate(chunks(idx, micro_batch_size)):
         t, start = used_len(rows.mask[ix]), j * micro_batch_size
         logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
@@ -441,7 +438,6 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     grad_norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)  # free the gradients now, not after the I_k pass and the next generation
-    n_tok = max(float(rows.mask[idx].sum()), 1.0)
     loss_sum, clip_sum, ratio_sum = sums.tolist()  # the one host sync of the update
     return {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_frac": clip_sum / n_tok,
             "ratio_mean": ratio_sum / n_tok}, torch.cat(used_old).cpu()
@@ -457,8 +453,7 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, groups: list[G
     t0, rows = time.perf_counter(), flatten_groups(groups, unbiased, pad_id)
     minibatches = chunks(list(range(len(rows.prompts))), minibatch_size * len(groups[0].rewards))
     later, old_logp = [i for mb in minibatches[1:] for i in mb], torch.zeros_like(rows.mask)
-    if later:
-        old_logp[later] = batch_logprobs(logprobs, rows, later, micro_batch_size)
+    old_logp[later] = batch_logprobs(logprobs, rows, later, micro_batch_size)  # none when there is one minibatch
     t1, stats = time.perf_counter(), []
     for j, mb in enumerate(minibatches):
         st, old_logp[mb] = grpo_update(logprobs, opt, rows, mb, None if j == 0 else old_logp[mb], micro_batch_size,
@@ -687,7 +682,7 @@ def save_checkpoint(out_dir: str, model, tokenizer, opt, xi_opt, state: LoopStat
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    rngs = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": rng.bit_generator.state,
+    rngs = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state,
             **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
     loop = {"xi": state.xi.detach(), "rho": torch.from_numpy(state.rho), "J": state.J, "sec_q": torch.from_numpy(state.sec_q),
             "step": state.step}  # tensors and plain values only: the file loads with weights_only=True
@@ -723,13 +718,11 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt, xi_opt, state: LoopSt
     """Restore read_checkpoint's trainer state into a fresh run, in place, and copy the checkpoint's log to log_path."""
     opt.load_state_dict(saved["optimizer"])
     xi_opt.load_state_dict(saved["xi_optimizer"])
-    with torch.no_grad():
-        state.xi.copy_(saved["state"]["xi"])
+    state.xi.detach().copy_(saved["state"]["xi"])  # in place: xi_opt holds this tensor
     state.rho, state.sec_q = saved["state"]["rho"].numpy(), saved["state"]["sec_q"].numpy()
     state.J, state.step = saved["state"]["J"], int(saved["state"]["step"])
     rng.bit_generator.state = saved["rng"]["numpy"]
     torch.set_rng_state(saved["rng"]["torch"])
-    random.setstate(saved["rng"]["python"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     shutil.copy(os.path.join(ckpt, "log.jsonl"), log_path)  # the log so far; this run appends the rest
@@ -773,9 +766,8 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: torch.Ten
             hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (R, T, H)
         return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
 
-@functools.cache
+@functools.cache  # transformers 5.2x renamed forward's `past_key_values` to `cache`: take whichever this one has
 def _cache_kwarg(cls: type) -> str:
-    """transformers 5.2x renamed forward's `past_key_values` to `cache`; take whichever this one has."""
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 # --- CLI: every Config field is a flag; --preset and --method fill several at once; explicit flags win ---------------

@@ -30,7 +30,7 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("advantage_std_flipped", "keepdim=True, unbiased=unbiased)", "keepdim=True, unbiased=not unbiased)"),
     ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
     ("lenient_keeps_constant", "rewards.min(dim=1).values) > 1e-6", "rewards.min(dim=1).values) >= 0"),
-    ("mask_drops_first_eos", "eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()", "eos_before = torch.cumsum(is_eos, dim=1)"),
+    ("mask_drops_first_eos", "torch.cumsum(is_eos, dim=1) - is_eos == 0", "torch.cumsum(is_eos, dim=1) == 0"),
     ("logprobs_times_temperature", "torch.float32)) / temperature  # bf16", "torch.float32)) * temperature  # bf16"),
     ("surrogate_max_not_min", "return torch.minimum(ratio * a, torch.clamp(", "return torch.maximum(ratio * a, torch.clamp("),
     ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
@@ -53,7 +53,8 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("micro_batch_own_normalizer", "eps_low, eps_high, agg=loss_agg, normalizer=normalizer)", "eps_low, eps_high, agg=loss_agg, normalizer=None)"),
     ("stale_pi_old", "None if j == 0 else old_logp[mb], micro_batch_size", "None, micro_batch_size"),
     ("xi_adamw_ascends", "[kind]([xi], lr, weight_decay=decay)", "[kind]([xi], lr, weight_decay=decay, maximize=True)"),
-    ("sec_times_temperature", "logits = np.asarray(q, dtype=np.float64) / temperature", "logits = np.asarray(q, dtype=np.float64) * temperature"),
+    ("sec_times_temperature", "np.asarray(q, dtype=np.float64) / temperature - np.max(q) / temperature",
+     "np.asarray(q, dtype=np.float64) * temperature - np.max(q) * temperature"),
 ]
 
 
