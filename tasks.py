@@ -859,10 +859,10 @@ def warm_start(model, tokenizer, seed: int = 0, q: dict[str, float] = WARM_START
     train = {name: [(enc(ex.question), enc(ex.answer) + [eos], enc(toy_misconception(ex)) + [eos]) for ex in splits[name][0]]
              for name in names}  # (prompt, right answer + EOS, misconception + EOS) token ids
 
+    from mtgrpo import left_pad
+
     def forward(prompts: list[list[int]]):
-        pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v, padding_side="left")  # noqa: E731
-        ids = pad([torch.tensor(p) for p in prompts], tokenizer.pad_token_id)
-        att = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0)
+        ids, att = left_pad(prompts, tokenizer.pad_token_id)
         return model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(1) - 1).clamp(min=0)).logits, ids
 
     def step(opt, mixed: bool) -> None:
