@@ -1,6 +1,7 @@
 """Tests for mtgrpo.py: every piece of the method against hand-computed values or derived statistics,
 then the trainer end to end on the tiny model. All on CPU. Run: python -m pytest -q"""
 
+import dataclasses
 import functools
 import json
 import math
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 import mtgrpo as M
+import speedups
+import support
 from bench.metrics import average_relative_change, steps_to_threshold
 from tasks import build_tiny_model, load_model
 
@@ -157,7 +160,7 @@ def _rows(tokenizer, n_rows=6, seed=0):
 def test_micro_batches_give_the_full_batch_gradient(tiny, agg):
     model, tok = tiny
     rows = _rows(tok)
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
     old = M.batch_logprobs(logprobs, rows, list(range(6)), 6) - 0.05
 
     def grads(micro):
@@ -192,7 +195,7 @@ def test_policy_logprobs_match_generate_scores(tiny):
 
 def _logprobs_and_grads(model, prompts, resp, pad_id, share):
     model.zero_grad(set_to_none=True)
-    lp = (M.shared_prompt_logprobs if share else M.policy_logprobs)(model, prompts, resp, pad_id, 0.7)
+    lp = M.policy_logprobs(model, prompts, resp, pad_id, 0.7, share_prompts=share)
     (lp * torch.linspace(-1, 1, lp.numel()).reshape(lp.shape)).sum().backward()  # a loss that weighs every token
     return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -224,7 +227,7 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
     assert torch.allclose(lp, lp_ref, atol=1e-5)
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(g, g_ref))
     with torch.no_grad():
-        assert torch.allclose(M.shared_prompt_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
+        assert torch.allclose(M.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
 
 
 def test_generate_ignores_the_models_own_sampling_settings(tiny):
@@ -285,8 +288,8 @@ def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, 
     model, tok = tiny
     cfg, prompts, new_tokens = model.config, [tok("copy: abcdef")["input_ids"], tok("sum 3+4:")["input_ids"]], 5
     filled = []
-    plain_prefill = M.shared_prefill
-    monkeypatch.setattr(M, "shared_prefill", lambda *a: filled.append(plain_prefill(*a)) or filled[-1])
+    plain_prefill = speedups.shared_prefill
+    monkeypatch.setattr(speedups, "shared_prefill", lambda *a: filled.append(plain_prefill(*a)) or filled[-1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(0)
         outs = M.generate(model, prompts, n, max_new_tokens=new_tokens, pad_id=0, eos_ids=[-1])  # -1: never stops
@@ -301,10 +304,10 @@ def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, 
     ids, att = M.left_pad(prompts, 0)
     logits = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for cache in (DynamicCache(config=cfg), M.kv_cache(model)):
-            model(input_ids=ids, attention_mask=att, use_cache=True, **{M._cache_kwarg(type(model)): cache})
+        for cache in (DynamicCache(config=cfg), speedups.kv_cache(model)):
+            model(input_ids=ids, attention_mask=att, use_cache=True, **{speedups.cache_kwarg(type(model)): cache})
             logits.append(model(input_ids=ids[:, -1:], attention_mask=torch.cat([att, att[:, -1:]], 1), use_cache=True,
-                                **{M._cache_kwarg(type(model)): cache}).logits)
+                                **{speedups.cache_kwarg(type(model)): cache}).logits)
             assert cache.layers[0].keys.dtype == (torch.float32 if len(logits) == 1 else torch.bfloat16)
     assert torch.equal(logits[0], logits[1])
 
@@ -332,8 +335,7 @@ def test_task_objectives_sum_over_responses():
 
 
 def test_sec_values_decay_for_a_task_left_out():
-    rows = M.Rows([[1]] * 2, torch.zeros(2, 1), torch.ones(2, 1), torch.tensor([1.0, -1.0]), torch.tensor([0, 0]))
-    q = M.update_sec_values(np.array([0.5, 0.4]), rows, decay=0.5)
+    q = M.update_sec_values(np.array([0.5, 0.4]), torch.tensor([1.0, -1.0]), torch.tensor([0, 0]), decay=0.5)
     assert q == pytest.approx([0.5 * 0.5 + 0.5 * 1.0, 0.5 * 0.4])  # task 1 was not in the batch: it decays
 
 
@@ -729,7 +731,7 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     the training forward exactly, or the first-update ratio would not be 1."""
     model, tok = tiny
     rows = _rows(tok)
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
     no_grad = M.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     stats, used = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
@@ -745,11 +747,11 @@ def test_later_minibatches_use_the_pass_before_the_first_update(tiny_dir):
     g = torch.Generator().manual_seed(3)
     groups = [M.Group(0, tok(f"copy {c}:")["input_ids"], resp := torch.randint(2, 90, (4, 5), generator=g),
                       M.response_mask(resp, [1]), torch.tensor([1.0, 0.0, 0.0, 1.0])) for c in "abcd"]
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats, _, _ = M.policy_update(logprobs, opt, groups, 1, pad_id=tok.pad_token_id, minibatch_size=1, micro_batch_size=4,
-                                  eps_low=0.2, eps_high=0.28, loss_agg="token_mean", grad_clip=1.0, unbiased=True,
-                                  improvement_clip=0.1, measure_improvement=False, improvement_agg="mean")
+    rows = M.flatten_groups(groups, True, tok.pad_token_id)
+    cfg = M.Config(minibatch_size=1, micro_batch_size=4, eps_low=0.2, eps_high=0.28, loss_agg="token_mean", grad_clip=1.0)
+    stats, _ = M.policy_update(logprobs, opt, rows, 4, cfg)
     assert stats["updates"] == 4 and stats["ratio_first_update"] == 1.0
     assert abs(stats["ratio_mean"] - 1.0) > 1e-3, stats  # minibatches 2..4 ran on moved weights
 
@@ -918,7 +920,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_o
     rc, out, err = _interrupt(tmp_path / "cut", [signal.SIGINT])
     assert rc == 130 and "Traceback" not in err and f"--resume {tmp_path / 'cut'}" in out, (rc, out[-500:], err[-500:])
     stopped_at = int(re.search(r"stopped after step (\d+)", out).group(1))
-    assert 3 <= stopped_at < 14 and M.checkpoints(str(tmp_path / "cut"))[-1].endswith(f"checkpoint-{stopped_at}")
+    assert 3 <= stopped_at < 14 and support.checkpoints(str(tmp_path / "cut"))[-1].endswith(f"checkpoint-{stopped_at}")
     assert M.main(["--resume", str(tmp_path / "cut")]) == 0
     assert _records(tmp_path / "full") == _records(tmp_path / "cut")
     a, b = _weights(str(tmp_path / "full" / "checkpoint-14")), _weights(str(tmp_path / "cut" / "checkpoint-14"))
@@ -928,7 +930,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_o
 def test_sigterm_saves_and_a_second_signal_quits_at_once(tmp_path):
     rc, out, err = _interrupt(tmp_path / "term", [signal.SIGTERM])
     assert rc == 143 and "Traceback" not in err and "stopped after step" in out
-    assert M.checkpoints(str(tmp_path / "term"))
+    assert support.checkpoints(str(tmp_path / "term"))
     t = time.perf_counter()
     rc, out, err = _interrupt(tmp_path / "twice", [signal.SIGINT, signal.SIGINT], after_steps=1)
     assert rc == 130 and "Traceback" not in err and "stopped after step" not in out  # quit without finishing the step
@@ -942,7 +944,7 @@ def test_checkpoints_are_atomic_kept_and_refused_when_damaged(tmp_path, capsys):
     assert M.main([*SHORT, "--steps", "4", "--save-every", "1", "--out-dir", str(run)]) == 0
     assert sorted(os.listdir(run)) == ["checkpoint-3", "checkpoint-4", "log.jsonl"]
     (run / "checkpoint-9.tmp").mkdir()  # a write that was cut short
-    assert M.read_checkpoint(str(run))[0] == str(run / "checkpoint-4")
+    assert support.read_checkpoint(str(run))[0] == str(run / "checkpoint-4")
     state = run / "checkpoint-4" / "trainer_state.pt"
     data = state.read_bytes()
 
@@ -975,7 +977,7 @@ def test_out_dir_reuse_is_refused_overwrite_clears_and_a_finished_run_says_so(tm
     assert sorted(os.listdir(out)) == ["checkpoint-1", "log.jsonl"]  # the old run's checkpoint-2 is gone
     shutil.move(out, tmp_path / "moved")  # a run directory goes on where it is now, not where it was made
     assert M.main(["--resume", str(tmp_path / "moved"), "--steps", "2"]) == 0
-    assert not os.path.exists(out) and M.checkpoints(str(tmp_path / "moved"))[-1].endswith("checkpoint-2")
+    assert not os.path.exists(out) and support.checkpoints(str(tmp_path / "moved"))[-1].endswith("checkpoint-2")
 
 
 def test_failed_start_leaves_no_files_and_the_cli_lists_tasks_and_explains_every_flag(tmp_path, capsys):
@@ -991,6 +993,6 @@ def test_failed_start_leaves_no_files_and_the_cli_lists_tasks_and_explains_every
     with pytest.raises(SystemExit):
         M.parse_args(["--help"])
     helptext = " ".join(capsys.readouterr().out.split())
-    for f in M.fields(M.Config):
+    for f in dataclasses.fields(M.Config):
         assert f.metadata["help"] and " ".join(f.metadata["help"].split())[:40] in helptext, f.name
     assert "--steps STEPS training steps (paper: 720) (default 200; with --model tiny: 100)" in helptext

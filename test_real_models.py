@@ -256,8 +256,9 @@ def test_chunked_logprobs_equal_full_logits_over_the_real_vocab(qwen_instruct):
         responses = torch.randint(0, W.shape[0], (4, 6), generator=g)
         ref = _full_logits_logprobs(model, rows, responses, tok.pad_token_id)
         with torch.no_grad():
-            for f in (M.policy_logprobs, M.shared_prompt_logprobs):
-                torch.testing.assert_close(f(model, rows, responses, tok.pad_token_id), ref, atol=1e-5, rtol=0)
+            for share in (False, True):
+                ours = M.policy_logprobs(model, rows, responses, tok.pad_token_id, share_prompts=share)
+                torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["instruct", "base"])
@@ -324,7 +325,7 @@ def test_smollm2_r1_rollout_and_chunked_logprobs_equal_full_logits(smol):
     assert resp.shape == (2, 12) and ((0 <= resp) & (resp < len(tok))).all() and mask[:, 0].all()
     rows = prompts * 2
     with torch.no_grad():
-        ours = M.shared_prompt_logprobs(model, rows, resp, tok.pad_token_id)
+        ours = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
     ref = _full_logits_logprobs(model, rows, resp, tok.pad_token_id)
     torch.testing.assert_close(ours * mask, ref * mask, atol=1e-4, rtol=0)
     mean = float((ours * mask).sum() / mask.sum())
@@ -390,7 +391,7 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     groups = [M.Group(0, p, r, m, torch.tensor(rw)) for p, (r, m), rw in zip(prompts, outs, ([1.0, 0.0], [0.0, 1.0]))]
     rows = M.flatten_groups(groups, unbiased=True, pad_id=tok.pad_token_id)
     idx = list(range(len(rows.prompts)))
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
 
     fp32 = M.batch_logprobs(logprobs, rows, idx, 8)
     with bf16():

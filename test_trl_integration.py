@@ -280,7 +280,7 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
-    assert resumed.xi_opt.state_dict()["state"][0]["step"] == full.xi_opt.state_dict()["state"][0]["step"]
+    assert resumed.mt.xi_opt.state_dict()["state"][0]["step"] == full.mt.xi_opt.state_dict()["state"][0]["step"]
 
 
 def test_steps_inside_a_generation_batch_are_refused(tiny_dir, tmp_path):

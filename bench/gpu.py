@@ -95,7 +95,7 @@ def main() -> None:
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho = np.random.default_rng(0), np.zeros(K)
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     print(f"model: {n_params / 1e6:.1f}M params, {'smoke shape' if a.smoke else 'Qwen2.5-0.5B shape'}, on {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
 
@@ -135,11 +135,11 @@ def main() -> None:
         t_sampled = time.perf_counter()
         # the trainer's own update: old log-probs -> minibatch updates -> I_k pass (its timings end in
         # host copies, which wait for the GPU)
-        upd, improvement, rows = M.policy_update(
-            logprobs, opt, batch.groups, K, pad_id=pad_id, minibatch_size=cfg.minibatch_size,
-            micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
-            grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
-            measure_improvement=True, improvement_agg=cfg.improvement_agg)
+        rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)
+        upd, old_logp = M.policy_update(logprobs, opt, rows, N, cfg)
+        t_imp = time.perf_counter()
+        improvement = M.objective_change(logprobs, rows, old_logp, K, cfg)
+        upd["seconds_improvement"] = time.perf_counter() - t_imp
         t_updated = time.perf_counter()
         # random J: IWU's cost, not its values
         M.update_task_weights(xi, xi_opt, improvement, torch.rand(K), "iwu", cfg.lam)

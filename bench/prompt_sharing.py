@@ -2,7 +2,7 @@
 
 GRPO scores N responses per prompt. Run row by row, every prompt token is computed N times: in the
 generate() prefill (HF's num_return_sequences copies the prompt N times) and in every log-prob pass.
-`mtgrpo.generate` and `mtgrpo.shared_prompt_logprobs` run each distinct prompt once and let its rows
+`mtgrpo.generate` and `mtgrpo.policy_logprobs` (speedups.py) run each distinct prompt once and let its rows
 attend to its cache. This script times both ways in the same run, alternating, on the tiny Qwen2 of
 `tasks.build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
 Zebra, ~800 for ARC-1D), N = 8, 8 prompts, responses of --response-len tokens:
@@ -10,7 +10,7 @@ Zebra, ~800 for ARC-1D), N = 8, 8 prompts, responses of --response-len tokens:
   - generation: `mtgrpo.generate` vs HF generate() with num_return_sequences=N (same sampling settings;
     <pad> and EOS suppressed on both sides, so every response has --response-len tokens);
   - update: forward + backward over micro-batches of 8 rows (one group each), of
-    `mtgrpo.shared_prompt_logprobs` vs the row-by-row `mtgrpo.policy_logprobs`.
+    `mtgrpo.policy_logprobs` vs the row-by-row `policy_logprobs(share_prompts=False)`.
 
     python3 bench/prompt_sharing.py             # --response-len 128 --repeats 3 --threads 2
 
@@ -18,6 +18,7 @@ Prints one line per task and phase: median seconds of each way and their ratio (
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -86,7 +87,7 @@ def main() -> None:
         responses = torch.randint(2, len(tok), (len(rows), T), generator=torch.Generator().manual_seed(0))
 
         def update(share: bool):
-            logprobs = M.shared_prompt_logprobs if share else M.policy_logprobs
+            logprobs = functools.partial(M.policy_logprobs, share_prompts=share)
             model.zero_grad(set_to_none=True)
             for i in range(0, len(rows), MICRO):
                 logprobs(model, rows[i:i + MICRO], responses[i:i + MICRO], pad, 1.0).sum().backward()

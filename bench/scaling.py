@@ -49,7 +49,7 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho, J = np.random.default_rng(seed), np.zeros(K), torch.zeros(K)
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=tok.pad_token_id, temperature=cfg.temperature)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id, temperature=cfg.temperature)
     pool = [tok(p, add_special_tokens=False)["input_ids"] for p in w1_prompts(1000)]
     suppress = [tok.pad_token_id, tok.eos_token_id]  # fixed lengths: every response is T tokens
     out = []
@@ -76,11 +76,11 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
         batch = M.rp_sample(z, B, sample_round, rho, rng, cfg.os_factor, cfg.max_resample_rounds, cfg.acc_cap,
                             cfg.rho_decay, cfg.inflate)
         rho = batch.rho
-        upd, improvement, _ = M.policy_update(
-            logprobs, opt, batch.groups, K, pad_id=tok.pad_token_id, minibatch_size=cfg.minibatch_size,
-            micro_batch_size=cfg.micro_batch_size, eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_agg=cfg.loss_agg,
-            grad_clip=cfg.grad_clip, unbiased=cfg.adv_std == "unbiased", improvement_clip=cfg.improvement_clip,
-            measure_improvement=True, improvement_agg=cfg.improvement_agg)
+        rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", tok.pad_token_id)
+        upd, old_logp = M.policy_update(logprobs, opt, rows, N, cfg)
+        t_imp = time.perf_counter()
+        improvement = M.objective_change(logprobs, rows, old_logp, K, cfg)
+        upd["seconds_improvement"] = time.perf_counter() - t_imp
         M.update_task_weights(xi, xi_opt, improvement, J, "iwu", cfg.lam)
         total = time.perf_counter() - t0
         assert len(batch.groups) == B

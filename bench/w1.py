@@ -78,7 +78,7 @@ def measure(a, model, tok, workload: dict, prompts: list[str], reward: Callable[
         opt = torch.optim.AdamW(model.parameters(), **adamw, fused=True)
     except (RuntimeError, TypeError):  # no fused kernel in this torch
         opt = torch.optim.AdamW(model.parameters(), **adamw)
-    logprobs = functools.partial(M.shared_prompt_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
+    logprobs = functools.partial(M.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     torch.manual_seed(workload["train_seed"])
     print(f"setup | params {sum(p.numel() for p in model.parameters()):,} | threads {torch.get_num_threads()} "
           f"| fused AdamW {opt.defaults.get('fused')} | stop ids {eos_ids} | suppressed {suppress} "

@@ -35,11 +35,12 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 import mtgrpo
+import support
 
 def _ref(name: str) -> Any:
     """A field with mtgrpo.Config's default and help: the paper's values (App. E) have one home."""
     f = mtgrpo.Config.__dataclass_fields__[name]
-    choices = f" (choices: {', '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+    choices = f" (choices: {', '.join(support.CHOICES[name])})" if name in support.CHOICES else ""
     return field(default=f.default, metadata={"help": f.metadata["help"] + choices})
 
 @dataclass
@@ -76,8 +77,8 @@ class MTGRPOConfig(GRPOConfig):
             setattr(self, name, preset[name] if getattr(self, name) is None else getattr(self, name))
         self.epsilon_high = preset["eps_high"] if self.epsilon_high is None else self.epsilon_high
         for name in ("sampler", "weighting", "filter", "xi_optimizer", "improvement_agg", "adv_std"):
-            if getattr(self, name) not in mtgrpo.Config.__dataclass_fields__[name].metadata["choices"]:
-                raise ValueError(f"{name} must be one of {mtgrpo.Config.__dataclass_fields__[name].metadata['choices']}, got {getattr(self, name)!r}")
+            if getattr(self, name) not in support.CHOICES[name]:
+                raise ValueError(f"{name} must be one of {support.CHOICES[name]}, got {getattr(self, name)!r}")
         if self.weighting == "reward_l2" and self.xi_optimizer == "adamw":
             raise ValueError("weighting reward_l2 puts eta xi on the gradient: set xi_optimizer sgd (the paper) or adam")
         super().__post_init__()
@@ -173,10 +174,8 @@ class MTGRPOTrainer(GRPOTrainer):
         self.task_names = list(dict.fromkeys(column))
         rows = [[i for i, t in enumerate(column) if t == name] for name in self.task_names]
         self._pools = [(r, r) for r in rows]  # rollout_round's (examples, prompts): dataset row indices here
-        K = len(self.task_names)
-        self.mt = mtgrpo.LoopState(xi=torch.zeros(K, requires_grad=True), rho=np.zeros(K), J=torch.zeros(K), sec_q=np.zeros(K))
-        self.xi_opt = mtgrpo.xi_optimizer(self.mt.xi, a.xi_optimizer, a.xi_lr, a.xi_weight_decay, a.weighting, a.eta)
-        self.sampler_rng = np.random.default_rng(a.seed)  # the same on every rank: every sampling decision agrees
+        # the loop state's sampler RNG is seeded alike on every rank: every sampling decision agrees
+        self.mt = mtgrpo.start_state(len(self.task_names), a, a.seed)
         self.mt_history: list[dict[str, Any]] = []  # one record per step, as mtgrpo.py's log.jsonl
         self._pending: dict[str, Any] | None = None  # the step's batch until its I_k and IWU step are done
         self._capture_slot: int | None = None
@@ -193,21 +192,14 @@ class MTGRPOTrainer(GRPOTrainer):
 
     def _sample_batch(self) -> list[dict[str, Any]]:
         a, t0 = self.args, time.perf_counter()
-        z = mtgrpo.task_weights(a.weighting, self.mt.xi, self.mt.sec_q, a.sec_temperature)
         self._rounds, self._kept, self._filler, self._seconds_gen = [], {}, None, 0.0
         used = [set() for _ in self.task_names]
         def sample_round(counts: np.ndarray):
             survivors, stats = mtgrpo.rollout_round(counts, self._pools, self._generate_round, self._round_rewards,
-                                                    self.num_generations, a.filter, self.sampler_rng, used)
+                                                    self.num_generations, a.filter, self.mt.rng, used)
             self._keep_local(survivors)
             return survivors, stats
-        if a.sampler == "rp":
-            batch = mtgrpo.rp_sample(z, self.B, sample_round, self.mt.rho, self.sampler_rng, a.os_factor,
-                                     a.max_resample_rounds, a.acc_cap, a.rho_decay, a.inflate)
-        else:  # DAPO's dynamic sampling; plain GRPO is one round of B prompts
-            os_factor, max_rounds = (a.os_factor, a.max_resample_rounds) if a.sampler == "dynamic" else (1, 0)
-            batch = mtgrpo.dynamic_sample(z, self.B, sample_round, self.mt.rho, self.sampler_rng, os_factor, max_rounds, a.rho_decay)
-        self.mt.rho = batch.rho
+        z, batch = mtgrpo.draw_batch(a, self.mt, self.B, sample_round)  # Algorithm 1, lines 2-3
         minibatches, tasks, used_groups = self._distribute(batch)
         # pi_old (theta_t) of every row, for I_k's pass at theta_t+1: TRL's when it keeps one (several updates per batch,
         # vLLM), else the training forward's own (compute_loss; all at theta_t), else (the liger loss hides it) one pass now
@@ -331,17 +323,8 @@ class MTGRPOTrainer(GRPOTrainer):
     def _finish_step(self) -> None:
         a, p, self._pending = self.args, self._pending, None
         t0, batch, K, N = time.perf_counter(), p["batch"], len(self.task_names), self.num_generations
-        improvement = self._improvement(p) if a.weighting == "iwu" else torch.zeros(K)
-        seen = {k: sum(s[k] for s in batch.stats) for k in batch.stats[0]}  # over the step's rounds, before filtering
-        sampled = seen["total"] > 0
-        self.mt.J[torch.from_numpy(sampled)] = torch.from_numpy(seen["correct"][sampled] / seen["total"][sampled]).float()
-        if a.weighting == "sec" and p["groups"]:
-            adv = mtgrpo.group_advantages(torch.stack([g.rewards for g in p["groups"]]), a.adv_std == "unbiased").reshape(-1)
-            rows = mtgrpo.Rows([], torch.empty(0), torch.empty(0), adv, torch.tensor([g.task for g in p["groups"]]).repeat_interleave(N))
-            self.mt.sec_q = mtgrpo.update_sec_values(self.mt.sec_q, rows, a.sec_decay)
-        if a.weighting in ("iwu", "reward_l2"):
-            mtgrpo.update_task_weights(self.mt.xi, self.xi_opt, improvement, self.mt.J, a.weighting, a.lam)
-        self.mt.step += 1
+        improvement = self._improvement(p) if a.weighting == "iwu" else torch.zeros(K)  # line 5, Eq. 8
+        mtgrpo.update_weights(a, self.mt, batch, p["groups"], improvement)  # line 6: J, then xi (or SEC's Q)
         used = len(p["groups"])
         rec = {"step": self.mt.step, "z": p["z"].tolist(), "targets": batch.targets, "shares": (np.bincount([g.task for g in p["groups"]],
                minlength=K) / max(used, 1)).tolist(), "rho": batch.rho.tolist(), "J": self.mt.J.tolist(), "I": improvement.tolist(),
@@ -365,9 +348,7 @@ class MTGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             path = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}", "mtgrpo_state.pt")
-            torch.save({"tasks": self.task_names, "xi": self.mt.xi.detach().clone(), "xi_optimizer": self.xi_opt.state_dict(),
-                        "rho": torch.from_numpy(self.mt.rho), "J": self.mt.J.clone(), "sec_q": torch.from_numpy(self.mt.sec_q),
-                        "step": self.mt.step, "rng": self.sampler_rng.bit_generator.state}, path)
+            torch.save({"tasks": self.task_names, "loop": support.loop_state_dict(self.mt)}, path)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -376,11 +357,7 @@ class MTGRPOTrainer(GRPOTrainer):
         saved = torch.load(os.path.join(checkpoint, "mtgrpo_state.pt"), weights_only=True)
         if saved["tasks"] != self.task_names:
             raise ValueError(f"checkpoint {checkpoint} trained tasks {saved['tasks']}, this dataset has {self.task_names}")
-        with torch.no_grad():
-            self.mt.xi.copy_(saved["xi"])
-        self.xi_opt.load_state_dict(saved["xi_optimizer"])
-        self.mt.rho, self.mt.J, self.mt.sec_q = saved["rho"].numpy(), saved["J"], saved["sec_q"].numpy()
-        self.mt.step, self.sampler_rng.bit_generator.state = int(saved["step"]), saved["rng"]
+        support.load_loop_state(self.mt, saved["loop"])
 
 @dataclass
 class ScriptArguments:
