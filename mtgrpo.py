@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from models import left_pad
+
 # --- GRPO (Appendix B, Eq. 11-13) ------------------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps) within each group. (B, N) -> (B, N). The paper does not
@@ -326,11 +328,6 @@ class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter
     mask: torch.Tensor         # (N, T) response_mask: up to and including the first EOS
     rewards: torch.Tensor      # (N,) 1.0 / 0.1 / 0.0
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (ids, attention_mask), both (R, L), padded on the left."""
-    pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v, padding_side="left")  # noqa: E731
-    return pad([torch.tensor(s, dtype=torch.long) for s in seqs], pad_id), pad([torch.ones(len(s), dtype=torch.long) for s in seqs], 0)
-
 def kv_cache(model):
     """An empty KV cache that keeps keys in the values' dtype. Under bf16 autocast RoPE's fp32 cos/sin make the keys fp32
     next to bf16 values (1.5x the cache); attention casts both to bf16 anyway, so no result changes."""
@@ -520,7 +517,8 @@ class LoopState:  # what Algorithm 1 carries from one step to the next besides t
 
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last eval."""
-    from tasks import load_model, load_tasks, prompt_style, stop_token_ids, tokenize_tasks
+    from models import load_model, prompt_style, stop_token_ids, tokenize_tasks
+    from tasks import load_tasks
     from verify import score
     validate(cfg)  # every input check comes before the model loads, and a failed start leaves no files
     ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
