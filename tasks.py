@@ -19,6 +19,9 @@ another test output, is drawn again.
 
     train, test = load_task("countdown_medium", n_train=1000, n_test=200, seed=0)
     text = make_prompt(train[0], style="r1")        # the released code's raw wrapper
+
+This module says what to learn and needs only the standard library; models.py loads what learns it (the model,
+its tokenizer, the tiny CPU testbed) and tokenizes these prompts for it.
 """
 
 from __future__ import annotations
@@ -612,7 +615,8 @@ def _arc1d(rng: random.Random, level: str) -> tuple[str, str, dict]:
 
 # -----------------------------------------------------------------------------
 # Toy tasks: one-character answers for a tiny model on CPU. copy, next and first are learned in seconds of
-# supervision (the testbed's warm start, below); sum ((a + b) mod 10) a tiny model does not learn quickly.
+# supervision (the testbed's warm start, models.warm_start); sum ((a + b) mod 10) a tiny model does not learn
+# quickly.
 
 TOY_LETTERS = "abcdef"
 
@@ -637,7 +641,7 @@ def _instance_rng(name: str, seed: int, i: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def generate(name: str, rng: random.Random) -> Example:
+def make_example(name: str, rng: random.Random) -> Example:
     """One instance of a built-in task."""
     family, _, level = name.partition("_")
     if name in TOY_TASKS:
@@ -678,7 +682,7 @@ def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) 
     test_pairs: set[tuple[str, str]] = set()
     i = 0
     while len(examples) < n_test + n_train:
-        ex = generate(name, _instance_rng(name, seed, i))
+        ex = make_example(name, _instance_rng(name, seed, i))
         i += 1
         pair = _arc_test_pair(ex)
         if ex.question not in seen and (len(examples) < n_test or pair not in test_pairs):
@@ -768,8 +772,7 @@ def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
 
 
 # -----------------------------------------------------------------------------
-# What the trainer loads: the model and tokenizer (the tiny one for the toy tasks), tokenized splits, stop ids
-
+# The trainer's side: --list-tasks, the --tasks check, and loading a --tasks list (models.py tokenizes it)
 
 TASK_INFO = {  # one line per built-in family, for --list-tasks
     "countdown": "reach the target with + - * / on the given numbers, each used once (3/4/5/6 numbers)",
@@ -801,234 +804,6 @@ def check_task_list(tasks: str) -> None:
             raise ValueError(f"--tasks: task file {name} does not exist")
 
 
-def build_tiny_model(path: str, newline: bool = True, seed: int = 0) -> str:
-    """Write a tiny random Qwen2 (hidden 128, 2 layers, 0.5M params) and a character-level tokenizer to
-    `path`. Vocab: <pad>=0, <|endoftext|>=1 (EOS), printable ASCII 32..126, and '\\n' if `newline`."""
-    import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    chars = [chr(c) for c in range(32, 127)] + (["\n"] if newline else [])
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<|endoftext|>"] + chars)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # one token per character
-    tk.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<|endoftext|>",
-                                        unk_token="<pad>", padding_side="left", model_max_length=512)
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=512, tie_word_embeddings=True,
-                         max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float()
-    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-# -----------------------------------------------------------------------------
-# The tiny model's warm start. RL from random weights gets no reward on a task the model cannot solve by luck, while
-# the paper starts from a pretrained model that solves every task some of the time. So the tiny model first learns
-# each toy rule on clean labels (phase 1), then is distilled to partial competence (phase 2): probability q_k on the
-# right answer and 1 - q_k on a misconception that another task's rule gives (copy <-> first, next -> copy). RL then
-# starts with graded accuracies, hence graded zero-gradient filter rates, and learning one task can undo another,
-# as skills interfere in real multi-task training. The q_k were fixed before any method was compared.
-
-WARM_START = {"toy_copy": 0.5, "toy_next": 0.3, "toy_first": 0.1}  # q_k: the right answer's probability after warm-up
-WARM_START_STEPS = (150, 300)  # phase 1, phase 2 (AdamW at lr 3e-3, 16 prompts per task per step)
-
-
-def toy_misconception(ex: Example) -> str:
-    """The wrong answer the warm start teaches with probability 1 - q_k: another toy task's rule."""
-    s = ex.question.split(": ", 1)[1]
-    return {"toy_copy": s[0], "toy_next": s[-1], "toy_first": s[-1]}[ex.task]
-
-
-def warm_start(model, tokenizer, seed: int = 0, q: dict[str, float] = WARM_START,
-               steps: tuple[int, int] = WARM_START_STEPS, batch: int = 16, lr: float = 3e-3) -> dict[str, float]:
-    """Supervised warm-up of the tiny model, in place, on the train splits only: phase 1 learns each task's rule,
-    phase 2 minimises the cross-entropy to the mixture q_k (right answer) / 1 - q_k (misconception),
-    answer and EOS. -> the right answer's mean probability per task on its test split: the expected accuracy of a
-    sample at temperature 1."""
-    import torch
-    import torch.nn.functional as F
-
-    names, rng, eos = list(q), random.Random(seed), tokenizer.eos_token_id
-    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    splits = {name: load_task(name, n_train=1000, n_test=200, seed=seed) for name in names}
-    train = {name: [(enc(ex.question), enc(ex.answer) + [eos], enc(toy_misconception(ex)) + [eos]) for ex in splits[name][0]]
-             for name in names}  # (prompt, right answer + EOS, misconception + EOS) token ids
-
-    from mtgrpo import left_pad
-
-    def forward(prompts: list[list[int]]):
-        ids, att = left_pad(prompts, tokenizer.pad_token_id)
-        return model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(1) - 1).clamp(min=0)).logits, ids
-
-    def step(opt, mixed: bool) -> None:
-        seqs, weights = [], []
-        for name in names:
-            for prompt, right, wrong in rng.sample(train[name], batch):
-                seqs += [prompt + right, prompt + wrong] if mixed else [prompt + right]
-                weights += [q[name], 1 - q[name]] if mixed else [1.0]
-        logits, ids = forward(seqs)
-        logp = F.log_softmax(logits[:, -3:-1].float(), dim=-1).gather(2, ids[:, -2:, None]).squeeze(-1)  # answer, EOS
-        loss = -(logp.sum(1) * torch.tensor(weights)).sum() / (len(names) * batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    torch.manual_seed(seed)
-    model.train()
-    for phase, n_steps in enumerate(steps):
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        for _ in range(n_steps):
-            step(opt, mixed=phase == 1)
-    with torch.no_grad():
-        acc = {}
-        for name in names:
-            test = splits[name][1]
-            logits, _ = forward([enc(ex.question) for ex in test])
-            right = torch.tensor([enc(ex.answer)[0] for ex in test])
-            acc[name] = float(torch.softmax(logits[:, -1].float(), -1).gather(1, right[:, None]).mean())
-    return acc
-
-
-def tiny_model_dir(seed: int = 0) -> str:
-    """The warm-started tiny model of `seed` (build_tiny_model, then warm_start), built once and cached on disk under
-    $MTGRPO_CACHE (default ~/.cache/mtgrpo); its warm_start.json holds the accuracies the warm start reached."""
-    import shutil
-
-    import torch
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    key = hashlib.sha256(json.dumps([WARM_START, WARM_START_STEPS]).encode()).hexdigest()[:8]
-    path = os.path.join(os.environ.get("MTGRPO_CACHE", os.path.expanduser("~/.cache/mtgrpo")), f"tiny-warm-{key}-seed{seed}")
-    if os.path.isfile(os.path.join(path, "warm_start.json")):
-        return path
-    t0, tmp = time.perf_counter(), f"{path}.tmp{os.getpid()}"
-    print(f"warm-starting the tiny model of seed {seed}: {sum(WARM_START_STEPS)} supervised steps, once (cached in {path})", flush=True)
-    model, tokenizer = load_model(build_tiny_model(tmp, seed=seed))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread makes the result a function of the seed
-    try:
-        acc = warm_start(model, tokenizer, seed, WARM_START, WARM_START_STEPS)
-    finally:
-        torch.set_num_threads(threads)
-    model.save_pretrained(tmp)
-    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
-        json.dump({"seed": seed, "q": WARM_START, "steps": WARM_START_STEPS, "test_accuracy": acc}, f)
-    if os.path.isdir(path):  # another process finished first
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, path)
-    print(f"warm start done in {time.perf_counter() - t0:.0f} s: expected test accuracy "
-          + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
-    return path
-
-
-def load_model(name: str, device=None, grad_checkpointing: bool = False, seed: int = 0):
-    """The policy and its tokenizer by from_pretrained, for a hub name ('Qwen2.5-0.5B' means 'Qwen/Qwen2.5-0.5B') or a
-    local directory alike ("tiny": tiny_model_dir(seed)), ready to train on `device`. Master weights stay fp32:
-    AdamW at lr 1e-6 on bf16 weights rounds most updates away, and bf16 comes from autocast. Errors name the way out."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # third-party bars would cut through the trainer's step lines
-    disable_progress_bars()
-    if name == "tiny":  # the warm-started one: the CPU testbed
-        return load_model(tiny_model_dir(seed), device, grad_checkpointing)
-    path = os.path.expanduser(name)
-    if name.startswith((".", "/", "~")) and not os.path.isdir(path):
-        raise ValueError(f"--model {name!r}: no such directory; pass a directory written by save_pretrained, "
-                         "a hub name like Qwen/Qwen2.5-0.5B, or --model tiny")
-    if not (os.path.isdir(path) or "/" in path):
-        if not path.lower().startswith("qwen"):
-            raise ValueError(f"--model {name!r} is neither a local directory nor a hub name 'org/name'; "
-                             "pass e.g. Qwen/Qwen2.5-0.5B, a local path, or --model tiny")
-        path = f"Qwen/{path}"
-    try:
-        path = path if os.path.isdir(path) else _cached_or_reachable(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        # transformers 5 forces Qwen2Tokenizer for model type qwen2, which mangles a plain fast tokenizer
-        # (the tiny one loses its spaces): load by the class the tokenizer was saved as.
-        cls, cfg_file = AutoTokenizer, os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(cfg_file) and json.load(open(cfg_file)).get("tokenizer_class") in ("PreTrainedTokenizerFast", "TokenizersBackend"):
-            cls = PreTrainedTokenizerFast
-        tokenizer = cls.from_pretrained(path, padding_side="left")
-    except OSError as e:
-        raise ValueError(f"could not load model {path!r} ({str(e).splitlines()[0]}). Without network access, pass a "
-                         "local directory holding a saved model (--model /path/to/model) or use --model tiny") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Dropout off for good: pi_old (no-grad pass) and pi_theta (training pass) must be the same function, or the first
-    # ratio would not be 1. Train mode stays on because HF gradient checkpointing needs it.
-    for m in (m for m in model.modules() if isinstance(m, torch.nn.Dropout)):
-        m.p = 0.0
-    model.config.attention_dropout = 0.0
-    if grad_checkpointing:  # transformers 5.2x renamed the method
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
-    model.config.use_cache = True
-    return model.train().to(device), tokenizer
-
-
-def _cached_or_reachable(name: str) -> str:
-    """A hub model's snapshot in the local cache, else its name once the hub answers: without a network this fails in
-    seconds with one reason, instead of a storm of retries inside from_pretrained."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, snapshot_download
-    try:
-        return snapshot_download(name, local_files_only=True)
-    except Exception:  # not cached (or not fully): go online if we can
-        pass
-    if constants.HF_HUB_OFFLINE:
-        raise OSError("not in the local cache, and HF_HUB_OFFLINE is set")
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError as e:
-        raise OSError(f"not in the local cache, and {host} cannot be reached ({e})") from None
-    return name
-
-
-def end_of_turn_id(tokenizer) -> int | None:
-    """The token a chat template closes the assistant's turn with (<|im_end|> in ChatML), found by rendering one
-    exchange and reading what follows the answer; None without a template, or if no special token follows."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    mark = "MTGRPO-ANSWER"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}], tokenize=False)
-    ids = tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False)["input_ids"]
-    return ids[0] if ids and ids[0] in tokenizer.all_special_ids + list(tokenizer.added_tokens_decoder) else None
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    return sorted(set(([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]) - {None})
-
-
-def prompt_style(style: str, model, tokenizer) -> str:
-    """--prompt-style auto: the chat template for chat (instruct) models, the paper's raw r1 wrapper for base models.
-    A model counts as a chat model when its tokenizer has a chat template whose end-of-turn token is one of the
-    model's own EOS ids: instruct checkpoints stop there (Qwen2.5-Instruct, SmolLM2-Instruct), while base
-    checkpoints ship the same template but stop at <|endoftext|> (Qwen2.5 base)."""
-    if style != "auto":
-        return style
-    return "chat" if end_of_turn_id(tokenizer) in _eos_ids(model, tokenizer) else "r1"
-
-
-def stop_token_ids(model, tokenizer, style: str = "r1") -> list[int]:
-    """Every id that ends a response: the model's EOS ids (its generation config may list several), plus the chat
-    template's end-of-turn token when prompts use the template, so a chat-style rollout stops at the end of its turn."""
-    eot = end_of_turn_id(tokenizer) if style == "chat" else None
-    return sorted(set(_eos_ids(model, tokenizer) + ([eot] if eot is not None else [])))
-
-
 def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
     """(train, test) examples of every task in a --tasks list, with progress; a bad task file fails here, before
     any model is loaded."""
@@ -1036,28 +811,6 @@ def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[l
     for name in (t.strip() for t in tasks.split(",") if t.strip()):
         t0 = time.perf_counter()
         out.append(load_task(name, n_train=n_train, n_test=n_test, seed=seed))
-        print(f"task {name}: {len(out[-1][0])} train / {len(out[-1][1])} test prompts ({time.perf_counter() - t0:.1f} s)")
+        seconds = time.perf_counter() - t0
+        print(f"task {name}: {len(out[-1][0])} train / {len(out[-1][1])} test prompts ({seconds:.1f} s)")
     return out
-
-
-def tokenize_tasks(loaded: list[tuple[list[Example], list[Example]]], tokenizer, n_test: int, max_prompt_len: int,
-                   style: str) -> tuple[list[str], list[tuple[list, list]], list[tuple[list, list]]]:
-    """Tokenize every task's prompts once, in prompt style r1, chat or plain: -> labels, train, test, where train[k] =
-    (examples, prompt id lists). Prompts over max_prompt_len tokens are dropped, loudly."""
-    train, test = [], []
-    for tr, te in loaded:
-        name = tr[0].task
-        print(f"task {name}: prompt style {'plain (toy)' if tr[0].verifier == 'toy' else style}")
-        for split, out in ((tr, train), (te, test)):
-            ids = [tokenizer(make_prompt(ex, style=style, tokenizer=tokenizer), add_special_tokens=False)["input_ids"] for ex in split]
-            keep = [i for i, p in enumerate(ids) if len(p) <= max_prompt_len]
-            if len(keep) < len(split):
-                print(f"note: {name}: dropped {len(split) - len(keep)} of {len(split)} prompts longer than --max-prompt-len {max_prompt_len}")
-            out.append(([split[i] for i in keep], [ids[i] for i in keep]))
-        if len(test[-1][0]) < n_test:
-            longest = max(len(p) for p in ids)
-            raise ValueError(f"task {name}: {len(test[-1][0])} test prompts fit --max-prompt-len {max_prompt_len}, fewer than "
-                             f"--eval-prompts {n_test} (the longest has {longest} tokens); raise --max-prompt-len or lower --eval-prompts")
-        if not train[-1][0]:
-            raise ValueError(f"task {name}: no train prompt fits --max-prompt-len {max_prompt_len}")
-    return [tr[0].task for tr, _ in train], train, test   # a .jsonl task is logged under its file's stem

@@ -21,7 +21,7 @@ import mtgrpo as M
 import speedups
 import support
 from bench.metrics import average_relative_change, steps_to_threshold
-from tasks import build_tiny_model, load_model
+from models import build_tiny_model, left_pad, load_model
 
 
 # -----------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_policy_logprobs_match_generate_scores(tiny):
     """Recomputed log-probs (left padding, position ids, temperature) equal the sampler's own."""
     model, tok = tiny
     prompts = [tok("copy abc:")["input_ids"], tok("sum 3+4 kq:")["input_ids"]]
-    ids, att = M.left_pad(prompts, tok.pad_token_id)
+    ids, att = left_pad(prompts, tok.pad_token_id)
     torch.manual_seed(0)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
@@ -263,7 +263,7 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
         for p in model.parameters():
             p.mul_(4.0)
     prompts = [tok(t)["input_ids"] for t in texts]
-    ids, att = M.left_pad(prompts, tok.pad_token_id)
+    ids, att = left_pad(prompts, tok.pad_token_id)
     torch.manual_seed(0)
     with torch.no_grad():
         ref = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
@@ -301,7 +301,7 @@ def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, 
     kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     assert kv_bytes == rows * tokens * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
 
-    ids, att = M.left_pad(prompts, 0)
+    ids, att = left_pad(prompts, 0)
     logits = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for cache in (DynamicCache(config=cfg), speedups.kv_cache(model)):
@@ -682,7 +682,7 @@ def test_warm_start_gives_graded_partial_competence():
     loads): each task's expected test accuracy (the mean probability of the right answer over 200 test prompts)
     lies above chance (a uniform guess over 6 letters: 1/6) and well below saturation (0.6), and the tasks are
     graded: toy_copy, the easiest, leads toy_first by more than 0.15."""
-    from tasks import tiny_model_dir
+    from models import tiny_model_dir
 
     acc = json.load(open(os.path.join(tiny_model_dir(0), "warm_start.json")))["test_accuracy"]
     assert set(acc) == {"toy_copy", "toy_next", "toy_first"}
@@ -693,19 +693,19 @@ def test_warm_start_gives_graded_partial_competence():
 def test_warm_start_is_a_function_of_the_seed_and_cached(tmp_path, monkeypatch):
     """Two warm starts of one seed give identical weights (a cached model must not depend on the run that built
     it), another seed differs, and a second call takes the cached directory without training again."""
-    import tasks
+    import models
 
     monkeypatch.setenv("MTGRPO_CACHE", str(tmp_path))
-    monkeypatch.setattr(tasks, "WARM_START_STEPS", (3, 3))  # a different cache key, and seconds
-    paths = [tasks.tiny_model_dir(0), tasks.tiny_model_dir(1)]
+    monkeypatch.setattr(models, "WARM_START_STEPS", (3, 3))  # a different cache key, and seconds
+    paths = [models.tiny_model_dir(0), models.tiny_model_dir(1)]
     shutil.copytree(paths[0], tmp_path / "first")
     shutil.rmtree(paths[0])
-    assert tasks.tiny_model_dir(0) == paths[0]
+    assert models.tiny_model_dir(0) == paths[0]
     weights = [load_model(str(p), torch.device("cpu"))[0].state_dict() for p in (tmp_path / "first", paths[0], paths[1])]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
-    monkeypatch.setattr(tasks, "warm_start", lambda *a, **k: pytest.fail("trained again instead of using the cache"))
-    assert tasks.tiny_model_dir(1) == paths[1]
+    monkeypatch.setattr(models, "warm_start", lambda *a, **k: pytest.fail("trained again instead of using the cache"))
+    assert models.tiny_model_dir(1) == paths[1]
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import models
 import mtgrpo as M
 import tasks
 from bench.smollm2 import qwen_tokenizer_dir, smollm2_dir
@@ -71,7 +72,7 @@ def qwen_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen_instruct(qwen_dirs):  # read-only users only: tests that train load their own copy
-    return tasks.load_model(qwen_dirs["instruct"], torch.device("cpu"))
+    return models.load_model(qwen_dirs["instruct"], torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +82,7 @@ def smol_dir():
 
 @pytest.fixture(scope="session")
 def smol(smol_dir):  # read-only users only
-    return tasks.load_model(smol_dir, torch.device("cpu"))
+    return models.load_model(smol_dir, torch.device("cpu"))
 
 
 def _prompt_ids(tok, task: str, style: str, n: int = 2) -> tuple[list, list[list[int]]]:
@@ -91,7 +92,7 @@ def _prompt_ids(tok, task: str, style: str, n: int = 2) -> tuple[list, list[list
 
 def _full_logits_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int) -> torch.Tensor:
     """The plain reference: HF's own forward to (R, L, V) logits, log_softmax over the whole vocabulary, gather."""
-    ids, att = M.left_pad(prompts, pad_id)
+    ids, att = models.left_pad(prompts, pad_id)
     att = torch.cat([att, torch.ones_like(responses)], dim=1)
     with torch.no_grad():
         logits = model(input_ids=torch.cat([ids, responses], dim=1), attention_mask=att,
@@ -165,14 +166,15 @@ def test_qwen_prompt_style_and_stop_ids(qwen_dirs):
     expect = {"instruct": ("chat", IM_END, [ENDOFTEXT, IM_END], [ENDOFTEXT, IM_END]),
               "base": ("r1", ENDOFTEXT, [ENDOFTEXT], [ENDOFTEXT, IM_END])}
     for variant, (auto, eos, r1_stop, chat_stop) in expect.items():
-        model, tok = tasks.load_model(qwen_dirs[variant], torch.device("cpu"))
+        model, tok = models.load_model(qwen_dirs[variant], torch.device("cpu"))
         assert type(tok).__name__ == "Qwen2Tokenizer" and len(tok) == model.config.vocab_size == 151669
         assert tok.eos_token_id == eos and tok.pad_token_id == ENDOFTEXT and tok.bos_token_id is None
-        assert tasks.end_of_turn_id(tok) == IM_END
-        assert tasks.prompt_style("auto", model, tok) == auto
-        assert tasks.prompt_style("r1", model, tok) == "r1" and tasks.prompt_style("chat", model, tok) == "chat"
-        assert tasks.stop_token_ids(model, tok, "r1") == r1_stop
-        assert tasks.stop_token_ids(model, tok, "chat") == chat_stop
+        assert models.end_of_turn_id(tok) == IM_END
+        assert models.prompt_style("auto", model, tok) == auto
+        assert models.prompt_style("r1", model, tok) == "r1"
+        assert models.prompt_style("chat", model, tok) == "chat"
+        assert models.stop_token_ids(model, tok, "r1") == r1_stop
+        assert models.stop_token_ids(model, tok, "chat") == chat_stop
 
 
 def test_qwen_chat_template_rendering(qwen_instruct):
@@ -292,8 +294,8 @@ def test_smollm2_chat_rollout_stops_at_im_end(smol):
     model, tok = smol
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert model.config.vocab_size == len(tok) == 49152 and sum(p.numel() for p in model.parameters()) == 134_515_008
-    assert tasks.prompt_style("auto", model, tok) == "chat" and tasks.end_of_turn_id(tok) == im_end
-    stop = tasks.stop_token_ids(model, tok, "chat")
+    assert models.prompt_style("auto", model, tok) == "chat" and models.end_of_turn_id(tok) == im_end
+    stop = models.stop_token_ids(model, tok, "chat")
     assert stop == [im_end] == [tok.eos_token_id] and tok.pad_token_id == im_end
     _, prompts = _prompt_ids(tok, "countdown_easy", "chat", n=1)
     assert tok.decode(prompts[0]).endswith("<|im_end|>\n<|im_start|>assistant\n")
@@ -316,12 +318,12 @@ def test_smollm2_r1_rollout_and_chunked_logprobs_equal_full_logits(smol):
     special tokens, 12 sampled tokens per row; and the trainer's log-probs of them (chunked lm_head, the shared
     prompt pass) equal HF's full-logits forward over the real weights within 1e-4 (measured ~2e-5)."""
     model, tok = smol
-    assert tasks.stop_token_ids(model, tok, "r1") == [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert models.stop_token_ids(model, tok, "r1") == [tok.convert_tokens_to_ids("<|im_end|>")]
     _, prompts = _prompt_ids(tok, "countdown_easy", "r1", n=1)
     assert not set(prompts[0]) & set(tok.all_special_ids)
     torch.manual_seed(0)
     (resp, mask), = M.generate(model, prompts, 2, max_new_tokens=12, pad_id=tok.pad_token_id,
-                               eos_ids=tasks.stop_token_ids(model, tok, "r1"))
+                               eos_ids=models.stop_token_ids(model, tok, "r1"))
     assert resp.shape == (2, 12) and ((0 <= resp) & (resp < len(tok))).all() and mask[:, 0].all()
     rows = prompts * 2
     with torch.no_grad():
@@ -380,8 +382,8 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     small random logits give 1-2e-3); the no-grad pi_old pass equals the training forward bit for bit, so the first
     ratio is exactly 1; one AdamW step at lr 1e-6 keeps the parameters float32 and moves them (a bf16 weight of
     size 0.02 could not move by 1e-6: its spacing is 1.2e-4); and the bf16 gradient points where the fp32 one does."""
-    model, tok = tasks.load_model(qwen_dirs["instruct"], torch.device("cpu"))
-    stop = tasks.stop_token_ids(model, tok, "chat")
+    model, tok = models.load_model(qwen_dirs["instruct"], torch.device("cpu"))
+    stop = models.stop_token_ids(model, tok, "chat")
     _, prompts = _prompt_ids(tok, "countdown_easy", "chat")
     bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
     torch.manual_seed(0)
@@ -431,7 +433,7 @@ def test_bf16_autocast_logprobs_on_real_weights(smol):
     mantissa through 30 residual layers; the trainer's ratio pi / pi_old does not see it, since both sides come from
     the same bf16 computation."""
     model, tok = smol
-    stop = tasks.stop_token_ids(model, tok, "chat")
+    stop = models.stop_token_ids(model, tok, "chat")
     _, prompts = _prompt_ids(tok, "countdown_easy", "chat", n=1)
     torch.manual_seed(0)
     (resp, mask), = M.generate(model, prompts, 2, max_new_tokens=16, pad_id=tok.pad_token_id, eos_ids=stop, temperature=0.3)

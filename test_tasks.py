@@ -149,7 +149,7 @@ def test_arc_instances_have_one_answer_and_fit_their_rule(level):
     instance fits its own rule's reading, so the readings describe what the generators make."""
     name = f"arc1d_{level}"
     for i in range(300):
-        ex = tasks.generate(name, tasks._instance_rng(name, 0, i))
+        ex = tasks.make_example(name, tasks._instance_rng(name, 0, i))
         examples, test_input, answer = _arc_rows(ex)
         assert tasks.arc1d_ambiguity(examples, test_input, answer) is None, (i, ex.info["rule"])
         assert ex.info["rule"] in {rule for rule, _ in tasks.arc1d_readings_fitting(examples + [(test_input, answer)])}, i

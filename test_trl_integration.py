@@ -57,12 +57,12 @@ class Recording(MTGRPOTrainer):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tasks import build_tiny_model
+    from models import build_tiny_model
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny")), seed=0)
 
 
 def make_trainer(model_dir, out, reward=None, cls=Recording, **over):
-    from tasks import load_model
+    from models import load_model
     torch.set_num_threads(1)
     model, tokenizer = load_model(model_dir)
     cfg = dict(output_dir=str(out), use_cpu=True, seed=0, max_steps=6, per_device_train_batch_size=2 * N, num_generations=N,
@@ -317,9 +317,9 @@ def test_two_processes(tmp_path):
 
 def _worker(out: str) -> None:
     """One rank of test_two_processes: B = 8 prompts per step over 2 ranks, 2 minibatches of 2 groups per rank."""
-    import tasks
+    import models
     rank = int(os.environ["RANK"])
-    model_dir = tasks.build_tiny_model(os.path.join(out, f"tiny{rank}"), seed=0)
+    model_dir = models.build_tiny_model(os.path.join(out, f"tiny{rank}"), seed=0)
     tr = make_trainer(model_dir, os.path.join(out, "run"), per_device_train_batch_size=2 * N)
     seen = []
     inner = tr._generate_and_score_completions

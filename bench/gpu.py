@@ -48,7 +48,7 @@ def build_model(shape: dict, device: torch.device):
 
 
 def enable_checkpointing(model) -> None:
-    """HF gradient checkpointing, as tasks.load_model(grad_checkpointing=True) turns it on."""
+    """HF gradient checkpointing, as models.load_model(grad_checkpointing=True) turns it on."""
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.2x renamed the method
     enable({"use_reentrant": False}) if enable else model.gradient_checkpointing_enable({"use_reentrant": False})
 

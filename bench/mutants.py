@@ -64,7 +64,7 @@ def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[
     if source.count(old) != 1:
         return "STALE", f"its text occurs {source.count(old)} times in mtgrpo.py", 0.0
     with tempfile.TemporaryDirectory() as d:
-        for item in ("tasks.py", "verify.py", "test_mtgrpo.py", "test_tasks.py", "bench"):
+        for item in ("models.py", "tasks.py", "verify.py", "test_mtgrpo.py", "test_tasks.py", "bench"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))
         with open(os.path.join(d, "mtgrpo.py"), "w") as f:

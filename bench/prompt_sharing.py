@@ -4,7 +4,7 @@ GRPO scores N responses per prompt. Run row by row, every prompt token is comput
 generate() prefill (HF's num_return_sequences copies the prompt N times) and in every log-prob pass.
 `mtgrpo.generate` and `mtgrpo.policy_logprobs` (speedups.py) run each distinct prompt once and let its rows
 attend to its cache. This script times both ways in the same run, alternating, on the tiny Qwen2 of
-`tasks.build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
+`models.build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
 Zebra, ~800 for ARC-1D), N = 8, 8 prompts, responses of --response-len tokens:
 
   - generation: `mtgrpo.generate` vs HF generate() with num_return_sequences=N (same sampling settings;
@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model, load_model, load_task, make_prompt  # noqa: E402
+from models import build_tiny_model, left_pad, load_model  # noqa: E402
+from tasks import load_task, make_prompt  # noqa: E402
 
 N, PROMPTS, MICRO = 8, 8, 8
 
@@ -75,7 +76,7 @@ def main() -> None:
                            temperature=1.0, top_p=1.0, gen_batch_size=PROMPTS * N)
 
         def gen_rows():  # the peer: HF generate's own num_return_sequences
-            ids, att = M.left_pad(prompts, pad)
+            ids, att = left_pad(prompts, pad)
             model.eval()
             with torch.inference_mode():
                 model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,

@@ -1,7 +1,7 @@
 """How one MT-GRPO step of our trainer scales on CPU: step time versus the rollouts per prompt N
 (4, 8, 16; responses of 64 tokens) and versus the response length T (64, 128, 256; N = 8).
 
-The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `tasks.build_tiny_model`:
+The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `models.build_tiny_model`:
 task weights z -> RP sampler (Algorithm 2: `mtgrpo.generate` + scoring + strict filter) -> old
 log-probs -> minibatch GRPO updates -> I_k pass (`policy_update`) -> IWU (`update_task_weights`).
 B = 8 prompts ("Solve: a+b=" with 3 task labels), Config defaults otherwise: M_os = 3, so a round
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model, load_model  # noqa: E402
+from models import build_tiny_model, load_model  # noqa: E402
 from trl_peer import w1_prompts  # noqa: E402
 
 B, K = 8, 3  # prompts per step, task labels

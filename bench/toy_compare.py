@@ -3,7 +3,7 @@ MT-GRPO against its baselines and ablations on the CPU testbed: a small-scale ve
 table and of its Fig. 6, 12/13 and 16 diagnostics (arXiv 2602.05547), judged by paired differences over seeds.
 
 The testbed (bench/README.md, "The CPU testbed"): the tiny model warm-started to partial competence
-(tasks.tiny_model_dir: toy_copy ~0.54, toy_next ~0.27, toy_first ~0.23 expected accuracy), then RL with
+(models.tiny_model_dir: toy_copy ~0.54, toy_next ~0.27, toy_first ~0.23 expected accuracy), then RL with
 mtgrpo.PRESETS["tiny"] for 50 steps. For each seed 0..S-1, every method starts from the same warm-started model
 and draws from the same data, so the methods are compared seed by seed (paired). Methods:
     grpo, dapo, iwu (lambda 1.0), rps, mtgrpo lambda 0.2, mtgrpo lambda 1.0     (the table)
@@ -52,8 +52,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+import models  # noqa: E402
 import mtgrpo  # noqa: E402
-import tasks  # noqa: E402
 import plot  # noqa: E402
 from metrics import average_relative_change, steps_to_threshold  # noqa: E402
 
@@ -117,7 +117,7 @@ def train_quietly(cfg: mtgrpo.Config) -> float:
 def warm_start(seed: int) -> str:
     torch.set_num_threads(1)
     with contextlib.redirect_stdout(open(os.devnull, "w")):
-        return tasks.tiny_model_dir(seed)
+        return models.tiny_model_dir(seed)
 
 
 # -----------------------------------------------------------------------------

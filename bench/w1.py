@@ -2,7 +2,7 @@
 TRL's GRPOTrainer (bench/trl_peer.py).
 
 W1: the tiny Qwen2 (505,088 params, fp32, char-level tokenizer without '\\n') from
-`tasks.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
+`models.build_tiny_model(newline=False, seed=0)`, the same weights trl_peer builds. Each step: 8 prompts
 "Solve: a+b=" (step i uses prompts 8i..8i+7) x 8 completions of exactly 64 tokens (<pad> and EOS
 suppressed: bench/common.py's suppress_tokens), temperature 1.0, top_p 1.0; reward = fraction of 'a'
 characters; group advantages; one optimizer step on one minibatch of 64 rows (no old-logprob pass, KL 0),
@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
 from common import suppress_tokens  # noqa: E402
-from tasks import build_tiny_model, load_model, stop_token_ids  # noqa: E402
+from models import build_tiny_model, load_model, stop_token_ids  # noqa: E402
 # W1's prompts, reward and the host-noise probes come from the peer script itself (bench/trl_peer.py; it
 # imports TRL only inside its main): one definition for both sides
 from trl_peer import (W1, cpu_calibration_gflops, other_processes_cpu, read_busy_ticks,  # noqa: E402

@@ -1,7 +1,7 @@
 """Workload W2 (defined in bench/README.md; real shapes on CPU) run by OUR trainer's functions, for the
 side-by-side with TRL's GRPOTrainer (bench/trl_w2.py).
 
-W2: SmolLM2-135M-Instruct, fp32 (bench/smollm2.py's directory, `tasks.load_model`), on Countdown r1 prompts
+W2: SmolLM2-135M-Instruct, fp32 (bench/smollm2.py's directory, `models.load_model`), on Countdown r1 prompts
 (countdown_medium train split, seed 0; step i uses prompts 4i..4i+3) x 8 completions of exactly 64 tokens (eos,
 pad and <|im_end|> suppressed: bench/common.py's suppress_tokens), temperature 1.0, top_p 1.0; reward =
 verify.reward (1.0 / 0.1 / 0.0, no tie-breaker); group advantages; one optimizer step on one minibatch of 32
@@ -26,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tasks import load_model  # noqa: E402
+from models import load_model  # noqa: E402
 from trl_w2 import MODEL_DIR, W2, reward_countdown, w2_examples, w2_prompts, w2_suppress_ids  # noqa: E402
 from w1 import measure, ours_args  # noqa: E402
 

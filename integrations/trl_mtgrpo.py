@@ -368,7 +368,7 @@ class ScriptArguments:
 
 def main(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
-    from tasks import load_model, prompt_style
+    from models import load_model, prompt_style
     script, cfg = HfArgumentParser((ScriptArguments, MTGRPOConfig)).parse_args_into_dataclasses(argv)
     model, tokenizer = load_model(script.model, seed=cfg.seed)
     dataset = task_dataset(script.tasks, script.n_train, cfg.seed, prompt_style(script.prompt_style, model, tokenizer), tokenizer)
