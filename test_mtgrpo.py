@@ -996,3 +996,36 @@ def test_failed_start_leaves_no_files_and_the_cli_lists_tasks_and_explains_every
     for f in dataclasses.fields(M.Config):
         assert f.metadata["help"] and " ".join(f.metadata["help"].split())[:40] in helptext, f.name
     assert "--steps STEPS training steps (paper: 720) (default 200; with --model tiny: 100)" in helptext
+
+
+def test_speedups_off_trains_the_same_run(tmp_path):
+    """--no-share-prompts runs the plain generate() and log-prob forward. Same seed, same samples: the sampled
+    tokens, hence rewards, filter decisions and batches, are identical step by step; the log-probs differ only
+    by float reordering (a prompt run once vs per row), so the losses agree to 1e-4 and z to 1e-5."""
+    logs = []
+    for share in (True, False):
+        cfg = _cfg(tmp_path, steps=2, share_prompts=share, out_dir=str(tmp_path / f"share{share}"))
+        M.train(cfg)
+        logs.append([r for r in _log(cfg) if r["kind"] in ("train", "eval")])
+    for fast, plain in zip(*logs):
+        for key in ("train_acc", "generated", "accepted", "batch_shares", "targets", "acc"):
+            assert fast.get(key) == plain.get(key), key
+        for key in ("loss", "ratio_mean"):
+            if key in fast:
+                assert fast[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+        if "z_next" in fast:
+            assert fast["z_next"] == pytest.approx(plain["z_next"], abs=1e-5)
+
+
+def test_readme_shows_what_the_walkthrough_prints_today():
+    """README.md's "One step, worked" block is bench/walkthrough.py's output on the current code: a change to
+    any step function that moves a number makes this fail until the README is regenerated. (~20 s)"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "bench/walkthrough.py"], cwd=here, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    readme = open(os.path.join(here, "README.md")).read()
+    section = readme[readme.index("## One step, worked"):]
+    block = section[section.index("```text\n") + len("```text\n"):]
+    block = block[:block.index("```")]
+    assert block == p.stdout, "README.md's walkthrough block is stale: paste `python bench/walkthrough.py`'s output"

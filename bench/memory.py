@@ -10,7 +10,7 @@ The trainer keeps fp32 master weights and runs bf16 autocast (README, "Precision
                 + one log-prob chunk  2048 tokens x V x 16 bytes (token_logprobs recomputes it in backward)
 
 rows = gen_batch_size rounded down to whole groups of N; gradients are freed after each optimizer step
-(zero_grad(set_to_none)), so generation holds none. The KV cache keeps keys in bf16 (mtgrpo.kv_cache: under
+(zero_grad(set_to_none)), so generation holds none. The KV cache keeps keys in bf16 (speedups.kv_cache: under
 autocast RoPE would make them fp32, 1.5x the cache). A micro-batch of R rows from U distinct prompts runs each
 prompt once (speedups.shared_prompt_hidden): U x prompt + R x response tokens of activations, plus the prompt's
 KV cache copied to its R rows (under --grad-checkpointing every row runs its prompt: R x (prompt + response)).

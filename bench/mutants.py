@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
-    ("advantage_no_centering", "return (rewards - rewards.mean(dim=1, keepdim=True)) /", "return rewards /"),
+    ("advantage_no_centering", "centred = rewards - rewards.mean(dim=1, keepdim=True)", "centred = rewards"),
     ("advantage_std_flipped", "keepdim=True, unbiased=unbiased)", "keepdim=True, unbiased=not unbiased)"),
     ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
     ("lenient_keeps_constant", "rewards.min(dim=1).values) > 1e-6", "rewards.min(dim=1).values) >= 0"),
@@ -36,25 +36,28 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
     ("loss_sign_flipped", "loss = -total / max(float(count), 1.0)", "loss = total / max(float(count), 1.0)"),
     ("loss_ignores_normalizer", "count = mask.sum() if normalizer is None else normalizer", "count = mask.sum()"),
-    ("objective_sum_not_mean", "return num if agg == \"sum\" else num / den.clamp(min=1.0)", "return num"),
-    ("improvement_reversed", "return (j_after - j_before).clamp(-clip, clip)", "return (j_before - j_after).clamp(-clip, clip)"),
-    ("improvement_unclipped", "return (j_after - j_before).clamp(-clip, clip)", "return j_after - j_before"),
-    ("iwu_minus_lambda", "s = improvement + lam * reward", "s = improvement - lam * reward"),
+    ("objective_sum_not_mean", "return num if agg == \"sum\" else num / tokens.clamp(min=1.0)", "return num"),
+    ("improvement_reversed", "return (objective_after - objective_before).clamp(-clip, clip)",
+     "return (objective_before - objective_after).clamp(-clip, clip)"),
+    ("improvement_unclipped", "return (objective_after - objective_before).clamp(-clip, clip)",
+     "return objective_after - objective_before"),
+    ("iwu_minus_lambda", "s = improvement + lam * accuracy", "s = improvement - lam * accuracy"),
     ("iwu_unweighted_mean", "return z * (s - (z * s).sum())", "return z * (s - s.mean())"),
-    ("l2_term_sign", "return z * (reward - (z * reward).sum()) + eta * xi", "return z * (reward - (z * reward).sum()) - eta * xi"),
+    ("l2_term_sign", "return z * (accuracy - (z * accuracy).sum()) + eta * xi",
+     "return z * (accuracy - (z * accuracy).sum()) - eta * xi"),
     ("rho_ema_swapped", "rho[gen] = decay * rho[gen] + (1 - decay) *", "rho[gen] = (1 - decay) * rho[gen] + decay *"),
     ("inflation_uncapped", "m = 1.0 / np.maximum(1.0 - rho, 1.0 / acc_cap) if inflate", "m = 1.0 / (1.0 - rho) if inflate"),
     ("resample_ignores_deficit", "p = deficit * m / (deficit * m).sum()", "p = z * m / (z * m).sum()"),
     ("trim_sorted_by_task", "keep = rng.permutation(keep).tolist()", "keep = sorted(keep)"),
-    ("trim_one_over_target", "keep, rest, start = keep + idx[:n[k]].tolist(), rest + idx[n[k]:].tolist()",
-     "keep, rest, start = keep + idx[:n[k] + 1].tolist(), rest + idx[n[k] + 1:].tolist()"),
-    ("dynamic_keeps_all", "batch.groups, batch.tasks = [g for _, g in kept[:B]], [k for k, _ in kept[:B]]",
-     "batch.groups, batch.tasks = [g for _, g in kept], [k for k, _ in kept]"),
-    ("micro_batch_own_normalizer", "eps_low, eps_high, agg=loss_agg, normalizer=normalizer)", "eps_low, eps_high, agg=loss_agg, normalizer=None)"),
-    ("stale_pi_old", "None if j == 0 else old_logp[mb], micro_batch_size", "None, micro_batch_size"),
+    ("trim_one_over_target", "keep += idx[:n[k]].tolist()\n            rest += idx[n[k]:].tolist()",
+     "keep += idx[:n[k] + 1].tolist()\n            rest += idx[n[k] + 1:].tolist()"),
+    ("dynamic_keeps_all", "batch.groups = [g for _, g in kept[:B]]\n    batch.tasks = [k for k, _ in kept[:B]]",
+     "batch.groups = [g for _, g in kept]\n    batch.tasks = [k for k, _ in kept]"),
+    ("micro_batch_own_normalizer", "normalizer=normalizer)", "normalizer=None)"),
+    ("stale_pi_old", "None if j == 0 else old_logp[mb],", "None,"),
     ("xi_adamw_ascends", "[kind]([xi], lr, weight_decay=decay)", "[kind]([xi], lr, weight_decay=decay, maximize=True)"),
-    ("sec_times_temperature", "np.asarray(q, dtype=np.float64) / temperature - np.max(q) / temperature",
-     "np.asarray(q, dtype=np.float64) * temperature - np.max(q) * temperature"),
+    ("sec_times_temperature", "logits = q / temperature - np.max(q) / temperature",
+     "logits = q * temperature - np.max(q) * temperature"),
 ]
 
 
@@ -64,7 +67,8 @@ def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[
     if source.count(old) != 1:
         return "STALE", f"its text occurs {source.count(old)} times in mtgrpo.py", 0.0
     with tempfile.TemporaryDirectory() as d:
-        for item in ("models.py", "tasks.py", "verify.py", "test_mtgrpo.py", "test_tasks.py", "bench"):
+        for item in ("models.py", "tasks.py", "verify.py", "support.py", "speedups.py", "test_mtgrpo.py",
+                     "test_tasks.py", "bench", "README.md"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))
         with open(os.path.join(d, "mtgrpo.py"), "w") as f:

@@ -3,7 +3,7 @@
 
 The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `models.build_tiny_model`:
 task weights z -> RP sampler (Algorithm 2: `mtgrpo.generate` + scoring + strict filter) -> old
-log-probs -> minibatch GRPO updates -> I_k pass (`policy_update`) -> IWU (`update_task_weights`).
+log-probs -> minibatch GRPO updates -> I_k pass (`policy_update`, `objective_change`) -> IWU (`update_task_weights`).
 B = 8 prompts ("Solve: a+b=" with 3 task labels), Config defaults otherwise: M_os = 3, so a round
 generates 24 prompts x N rollouts and the sampler trims the survivors to B; minibatches of 4 prompts
 (two updates); micro-batches of 8 rows. Lengths are fixed as in workload W1 (bench/README.md): <pad> and

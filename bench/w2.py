@@ -11,7 +11,7 @@ host-noise probes from trl_peer.py, so both sides use the same definitions.
 
 A step is timed as in w1.py: tokenise, `mtgrpo.generate`, decode + reward, `mtgrpo.flatten_groups`,
 `mtgrpo.grpo_update` (micro-batches of 8 rows, one prompt each, whose prompt is run once:
-`shared_prompt_logprobs`). Step 1 is warm-up. Differences from TRL's step: no LR scheduler; std + 1e-6 (TRL
+`mtgrpo.policy_logprobs` with `speedups.shared_prompt_hidden`). Step 1 is warm-up. Differences from TRL's step: no LR scheduler; std + 1e-6 (TRL
 1e-4); each prompt is prefilled once for its 8 rollouts and its 8 log-prob rows (TRL runs all 32 rows' prompts).
 
     python3 bench/w2.py                  # --steps 4 --threads 2 are the defaults
