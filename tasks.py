@@ -747,8 +747,8 @@ def describe_tasks() -> str:
     lines = [f"{family + '_{' + ','.join(LEVELS) + '}':38s} {TASK_INFO[family]}" for family in ("countdown", "zebra", "arc1d")]
     lines.append(f"{','.join(TOY_TASKS):38s} {TASK_INFO['toy']}")
     return "\n".join(lines + [
-        f"{'rg:{countdown,zebra_puzzles,arc_1d}:LEVEL':38s} reasoning-gym, the paper's configs (LEVEL as above; "
-        "requirements-rg.txt)",
+        f"{'rg:DATASET:LEVEL':38s} reasoning-gym's countdown, zebra_puzzles, arc_1d at the paper's configs (LEVEL as "
+        "above; requirements-rg.txt)",
         f"{'rg:<dataset>':38s} any reasoning-gym dataset, default config, scored by its score_answer",
         f"{'FILE[:key=column...]':38s} your own .jsonl / .parquet / save_to_disk directory (requirements-data.txt): "
         "columns prompt, answer, verifier, optional task (several tasks in one file), info, split; "
