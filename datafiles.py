@@ -1,19 +1,20 @@
 """
-Bring-your-own tasks from data files: `--tasks FILE[:key=column...]`, FILE a .jsonl file (one JSON object per line),
-a .parquet file, or a directory written by datasets' save_to_disk (pip install -r requirements-data.txt for the last
-two). Each row is one example:
+Bring-your-own tasks from data files: `--tasks FILE[:key=column...]`, FILE a .jsonl file (one JSON object
+per line), a .parquet file, or a directory written by datasets' save_to_disk (the last two need
+pip install -r requirements-data.txt). Each row is one example:
 
     prompt     the question (a string; a list of chat messages gives its last user turn's content)
     answer     the gold answer (made a string)
-    verifier   one of verify.VERIFIERS; `verifier=NAME` with NAME a verifier and not a column sets it for every row
+    verifier   one of verify.VERIFIERS; `verifier=NAME`, NAME a verifier, not a column: the same for all rows
     task       optional: the row's task; one file then holds several tasks (default: the file's stem)
     info       optional: what the verifier needs, a dict or a JSON string (countdown: {"numbers", "target"})
     split      optional: "train" or "test", on every row or on none; without it a seeded shuffle puts n_test
                rows of each task in test and the rest in train
 
-Each key reads the column of its own name unless the spec maps it: `data.parquet:prompt=question:answer=solution`.
-A column may be a field of a struct column: `answer=reward_model.ground_truth`. Every prompt must be distinct, so no
-test question is trained on. A file yields one (train, test) pair per task, in order of first appearance.
+Each key reads the column of its own name unless the spec maps it, as in
+`data.parquet:prompt=question:answer=solution`. A column may be a field of a struct column:
+`answer=reward_model.ground_truth`. Every prompt must be distinct, so no test question is trained on. A file
+yields one (train, test) pair per task, in order of first appearance.
 
     load_file("mix.parquet:verifier=math", n_train=1000, n_test=200, seed=0)   -> [(train, test), ...]
 """
@@ -51,7 +52,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not (os.path.isfile(path) or os.path.isdir(path)):
         raise ValueError(f"--tasks: task file {path} does not exist")
     if not (path.endswith(EXTENSIONS) or os.path.isdir(path)):
-        raise ValueError(f"--tasks: {path}: give a .jsonl or .parquet file, or a datasets save_to_disk directory")
+        raise ValueError(f"--tasks: {path}: give a .jsonl or .parquet file or a save_to_disk directory")
     return path, mapping
 
 
@@ -68,12 +69,13 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, object]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:   # JSON's own position would be a second line number
-                raise ValueError(f"{path}:{lineno}: need a JSON object ({e.msg} at column {e.colno})") from None
+                why = f"{e.msg} at column {e.colno}"
+                raise ValueError(f"{path}:{lineno}: need a JSON object ({why})") from None
 
 
 def _table_rows(path: str) -> Iterator[tuple[int, object]]:
-    """(row number from 1, row dict) of a parquet file or a save_to_disk directory; a DatasetDict's "train" and
-    "test" splits set each row's split."""
+    """(row number from 1, row dict) of a parquet file or a save_to_disk directory; a DatasetDict's "train"
+    and "test" splits set each row's split."""
     try:
         import pyarrow.parquet
         if os.path.isdir(path):
@@ -85,8 +87,11 @@ def _table_rows(path: str) -> Iterator[tuple[int, object]]:
     else:
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict) and not set(loaded) <= {"train", "test"}:
-            raise ValueError(f"{path}: splits {', '.join(loaded)}; keep only train and test (or save one Dataset)")
-        parts = {k: d.to_list() for k, d in loaded.items()} if isinstance(loaded, datasets.DatasetDict) else {None: loaded.to_list()}
+            raise ValueError(f"{path}: splits {', '.join(loaded)}; keep only train and test (or one Dataset)")
+        if isinstance(loaded, datasets.DatasetDict):
+            parts = {split: d.to_list() for split, d in loaded.items()}
+        else:
+            parts = {None: loaded.to_list()}
     n = 0
     for split, rows in parts.items():
         for row in rows:
@@ -119,7 +124,8 @@ def _example(where: str, row, mapping: dict[str, str], stem: str) -> tuple[str |
     from verify import VERIFIERS, check_info
 
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: need a JSON object with \"prompt\", \"answer\" and \"verifier\", got {type(row).__name__}")
+        raise ValueError(f"{where}: need a JSON object with \"prompt\", \"answer\" and \"verifier\", "
+                         f"got {type(row).__name__}")
     values = {}
     for key in KEYS:
         try:
@@ -128,8 +134,9 @@ def _example(where: str, row, mapping: dict[str, str], stem: str) -> tuple[str |
             if key == "verifier" and mapping[key] in VERIFIERS:
                 values[key] = mapping[key]
             elif key in REQUIRED or mapping[key] != key:
-                raise ValueError(f"{where}: no column {mapping[key]!r} for {key} (columns: {', '.join(map(str, row))}); "
-                                 f"need \"prompt\", \"answer\" and \"verifier\", or map one: FILE:{key}=COLUMN") from None
+                columns = ", ".join(map(str, row))
+                raise ValueError(f"{where}: no column {mapping[key]!r} for {key} (columns: {columns}); need "
+                                 f"prompt, answer and verifier, or map one: FILE:{key}=COLUMN") from None
     prompt, verifier, info = _prompt_text(values["prompt"]), values["verifier"], values.get("info") or {}
     if isinstance(info, str):
         try:
@@ -172,7 +179,9 @@ def load_file(spec: str, n_train: int, n_test: int, seed: int) -> list[tuple[lis
     return [_split(path, task, rows, n_train, n_test, seed) for task, rows in by_task.items()]
 
 
-def _split(path: str, task: str, rows: list, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
+def _split(path: str, task: str, rows: list, n_train: int, n_test: int,
+           seed: int) -> tuple[list[Example], list[Example]]:
+    """One task's (train, test): the rows' own splits, else a seeded shuffle with n_test rows in test."""
     if rows[0][0] is not None:
         train = [ex for split, ex in rows if split == "train"][:n_train]
         test = [ex for split, ex in rows if split == "test"]
@@ -181,6 +190,6 @@ def _split(path: str, task: str, rows: list, n_train: int, n_test: int, seed: in
         random.Random(seed).shuffle(order)
         test, train = order[:n_test], order[n_test:n_test + n_train]
     if len(test) < n_test or not train:
-        raise ValueError(f"{path}: task {task}: {len(test)} test and {len(train)} train examples; need {n_test} test "
-                         f"(--eval-prompts) and at least one train")
+        raise ValueError(f"{path}: task {task}: {len(test)} test and {len(train)} train examples; need "
+                         f"{n_test} test (--eval-prompts) and at least one train")
     return train, test[:n_test]

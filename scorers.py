@@ -1,9 +1,9 @@
 """
-Scorers that may run `eval` on model output (through sympy's parser): they run only inside sandbox.py's worker
-process, called by verify.py's "math" and "rg" verifiers. Each returns a plain bool or float; a raised exception
-or an overrun of the time limit scores as wrong.
+Scorers that may run `eval` on model output (through sympy's parser): they run only inside sandbox.py's
+worker process, called by verify.py's "math" and "rg" verifiers. Each returns a plain bool or float; a raised
+exception or an overrun of the time limit scores as wrong.
 
-    math_equal(gold, answer)   math-verify: equal up to mathematical equivalence (0.5 = \\frac{1}{2}, sets, intervals)
+    math_equal(gold, answer)   math-verify: equal up to equivalence (0.5 = \\frac{1}{2}, sets, intervals)
     rg_score(info, answer)     reasoning-gym's own score_answer of the item `info` names
 """
 
@@ -19,8 +19,9 @@ def warm_math() -> None:
 
 
 def math_equal(gold: str, answer: str) -> bool:
-    """math-verify's verdict on two boxed contents: both are parsed as LaTeX inside \\boxed{} (so `72`, `72.0`,
-    `\\frac{1}{2}`, `0.5`, `\\{1, 2\\}` and `[0, 1)` all parse), gold first: verify is not symmetric."""
+    """math-verify's verdict on two boxed contents: both are parsed as LaTeX inside \\boxed{} (so `72`,
+    `72.0`, `\\frac{1}{2}`, `0.5`, `\\{1, 2\\}` and `[0, 1)` all parse), gold first: verify is not
+    symmetric."""
     from math_verify import parse, verify
 
     parsed_gold, parsed_answer = parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{answer}}}")
@@ -45,7 +46,8 @@ def _rg_entry(dataset: str, config_json: str, seed: int, size: int, index: int) 
 
 
 def rg_score(info: dict, answer: str) -> float:
-    """reasoning-gym's score_answer for item `index` of dataset(seed, size, **config), regenerated from `info` (items
-    are deterministic in seed and index; the Example carries only this JSON, so it survives the TRL path's columns)."""
+    """reasoning-gym's score_answer for item `index` of dataset(seed, size, **config), regenerated from `info`
+    (items are deterministic in seed and index; the Example carries only this JSON, which survives the TRL
+    path's dataset columns)."""
     key = (info["dataset"], json.dumps(info["config"], sort_keys=True), info["seed"], info["size"])
     return float(_rg_dataset(*key).score_answer(answer, _rg_entry(*key, info["index"])))

@@ -7,7 +7,7 @@ difficulties each, toy tasks a tiny model learns on CPU, and bring-your-own task
     arc1d_{easy,medium,hard,very_hard}       ARC-1D rows of 10/20/30/40 cells, 3 examples + a test input
     toy_copy, toy_next, toy_first, toy_sum   one-character answers (the CPU testbed and tests)
     rg:<dataset>[:<level>]                   reasoning-gym's generators (rg_tasks.py)
-    FILE[:key=column...]                     .jsonl / .parquet / save_to_disk data, one or more tasks (datafiles.py)
+    FILE[:key=column...]                     .jsonl / .parquet / save_to_disk data, 1+ tasks (datafiles.py)
 
 The paper used reasoning-gym's generators (Chen et al. 2025 released the data); ours are written from
 scratch to the same recipe, with no dependency: every Countdown target is confirmed reachable by an
@@ -666,9 +666,9 @@ def _check_sizes(n_train: int, n_test: int) -> None:
 
 
 def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples of a built-in task, a reasoning-gym task or a one-task data file. Deterministic in
-    (name, seed); the test split is drawn first, so it does not depend on n_train; the two splits share no question,
-    and for ARC-1D no (test input, answer) pair: train skips instances that repeat a test item's pair."""
+    """(train, test) examples of a built-in task, a reasoning-gym task or a one-task data file. Deterministic
+    in (name, seed); the test split is drawn first, so it does not depend on n_train; the two splits share no
+    question, and for ARC-1D no (test input, answer) pair: train skips instances repeating a test item's pair."""
     _check_sizes(n_train, n_test)
     if name.startswith("rg:"):
         from rg_tasks import load_rg
@@ -676,11 +676,12 @@ def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) 
     if _is_file_spec(name):
         loaded = _load_file(name, n_train, n_test, seed)
         if len(loaded) > 1:
-            raise ValueError(f"{name} holds {len(loaded)} tasks ({', '.join(tr[0].task for tr, _ in loaded)}); "
-                             f"load it with load_tasks")
+            held = ", ".join(train[0].task for train, _ in loaded)
+            raise ValueError(f"{name} holds {len(loaded)} tasks ({held}); load it with load_tasks")
         return loaded[0]
     if name not in TASK_NAMES:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, rg:<dataset>, or a data file")
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, rg:<dataset>, "
+                         "or a data file")
     examples: list[Example] = []
     seen: set[str] = set()
     test_pairs: set[tuple[str, str]] = set()
@@ -747,19 +748,20 @@ def describe_tasks() -> str:
     lines = [f"{family + '_{' + ','.join(LEVELS) + '}':38s} {TASK_INFO[family]}" for family in ("countdown", "zebra", "arc1d")]
     lines.append(f"{','.join(TOY_TASKS):38s} {TASK_INFO['toy']}")
     return "\n".join(lines + [
-        f"{'rg:DATASET:LEVEL':38s} reasoning-gym's countdown, zebra_puzzles, arc_1d at the paper's configs (LEVEL as "
-        "above; requirements-rg.txt)",
+        f"{'rg:DATASET:LEVEL':38s} reasoning-gym's countdown, zebra_puzzles, arc_1d at the paper's configs "
+        "(LEVEL as above; requirements-rg.txt)",
         f"{'rg:<dataset>':38s} any reasoning-gym dataset, default config, scored by its score_answer",
-        f"{'FILE[:key=column...]':38s} your own .jsonl / .parquet / save_to_disk directory (requirements-data.txt): "
-        "columns prompt, answer, verifier, optional task (several tasks in one file), info, split; "
-        "e.g. data.parquet:prompt=question:verifier=math (a verifier name for a missing column)"])
+        f"{'FILE[:key=column...]':38s} your own .jsonl / .parquet / save_to_disk directory "
+        "(requirements-data.txt): columns prompt, answer, verifier, optional task (several tasks in one file), "
+        "info, split; e.g. data.parquet:prompt=question:verifier=math (a verifier name, no such column)"])
 
 
 def check_task_list(tasks: str) -> None:
     """Reject a --tasks value naming an unknown task, a missing file, a task twice, or none, with one line."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
-        raise ValueError("--tasks is empty: give a comma-separated list of task names, rg:<dataset> or data files")
+        raise ValueError("--tasks is empty: give a comma-separated list of task names, rg:<dataset> or data "
+                         "files")
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"--tasks names {', '.join(twice)} more than once; each task gets one weight, so list it once")
@@ -1004,20 +1006,24 @@ def stop_token_ids(model, tokenizer, style: str = "r1") -> list[int]:
 
 
 def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
-    """(train, test) examples of every task in a --tasks list, with progress; a data file yields one pair per task it
-    holds. A bad task file fails here, before any model is loaded."""
+    """(train, test) examples of every task in a --tasks list, with progress; a data file yields one pair per
+    task it holds. A bad task file fails here, before any model is loaded."""
     out = []
     for name in (t.strip() for t in tasks.split(",") if t.strip()):
         t0 = time.perf_counter()
         _check_sizes(n_train, n_test)
-        loaded = _load_file(name, n_train, n_test, seed) if _is_file_spec(name) else [load_task(name, n_train, n_test, seed)]
+        if _is_file_spec(name):
+            loaded = _load_file(name, n_train, n_test, seed)
+        else:
+            loaded = [load_task(name, n_train, n_test, seed)]
+        seconds = time.perf_counter() - t0
         for train, test in loaded:
-            print(f"task {train[0].task}: {len(train)} train / {len(test)} test prompts ({time.perf_counter() - t0:.1f} s)")
+            print(f"task {train[0].task}: {len(train)} train / {len(test)} test prompts ({seconds:.1f} s)")
         out += loaded
     names = [train[0].task for train, _ in out]
     if len(set(names)) < len(names):   # each task is logged and weighted by its name
-        raise ValueError(f"--tasks yields task {next(n for n in names if names.count(n) > 1)!r} twice; rename one "
-                         "(a file's task column, or its stem)")
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"--tasks yields task {twice!r} twice; rename one (a file's task column or stem)")
     return out
 
 

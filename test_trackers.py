@@ -1,5 +1,5 @@
-"""trackers.py: records shaped like mtgrpo.py's log.jsonl go to TensorBoard, W&B (offline) and Trackio (a local
-store), and the numbers are read back from what each wrote. Needs requirements-trackers.txt."""
+"""trackers.py: records shaped like mtgrpo.py's log.jsonl go to TensorBoard, W&B (offline) and Trackio (a
+local store), and the numbers are read back from what each wrote. Needs requirements-trackers.txt."""
 
 import glob
 import json
@@ -12,15 +12,17 @@ import trackers
 
 TASKS = ["alpha", "beta"]
 CONFIG = {"tasks": "alpha,beta", "eval_k": 8, "lr": 1e-6}
-TRAIN = {"kind": "train", "step": 1, "z": [0.25, 0.75], "z_next": [0.5, 0.5], "batch_shares": [0.5, 0.5], "batch_groups": 4,
-         "targets": [1, 3], "rho": [0.125, 0.0], "J": [0.5, 0.25], "I": [0.01, -0.02], "train_acc": [0.5, 0.25], "rounds": 2,
-         "generated": [[2, 4], [1, 0]], "accepted": [[1, 2], [1, 0]], "prompts_generated": 7, "prompts_used": 4,
-         "loss": 0.375, "grad_norm": 1.5, "reward_mean": 0.3, "response_len": 12.5, "seconds": 2.0, "seconds_gen": 1.5}
+TRAIN = {"kind": "train", "step": 1, "z": [0.25, 0.75], "z_next": [0.5, 0.5], "batch_shares": [0.5, 0.5],
+         "batch_groups": 4, "targets": [1, 3], "rho": [0.125, 0.0], "J": [0.5, 0.25], "I": [0.01, -0.02],
+         "train_acc": [0.5, 0.25], "rounds": 2, "generated": [[2, 4], [1, 0]], "accepted": [[1, 2], [1, 0]],
+         "prompts_generated": 7, "prompts_used": 4, "loss": 0.375, "grad_norm": 1.5, "reward_mean": 0.3,
+         "response_len": 12.5, "seconds": 2.0, "seconds_gen": 1.5}
 EVAL = {"kind": "eval", "step": 2, "acc": {"alpha": 0.625, "beta": 0.125}, "worst": 0.125, "avg": 0.375}
-EXPECTED = {"z/alpha": 0.25, "z/beta": 0.75, "rho/alpha": 0.125, "J/beta": 0.25, "I/beta": -0.02, "train_acc/alpha": 0.5,
-            "batch_shares/beta": 0.5, "targets/beta": 3, "generated/alpha": 3, "accepted/beta": 2, "rounds": 2,
-            "loss": 0.375, "reward_mean": 0.3, "seconds_gen": 1.5}   # at step 1
-EXPECTED_EVAL = {"eval/alpha/mean@8": 0.625, "eval/beta/mean@8": 0.125, "eval/worst": 0.125, "eval/average": 0.375}
+EXPECTED = {"z/alpha": 0.25, "z/beta": 0.75, "rho/alpha": 0.125, "J/beta": 0.25, "I/beta": -0.02,
+            "train_acc/alpha": 0.5, "batch_shares/beta": 0.5, "targets/beta": 3, "generated/alpha": 3,
+            "accepted/beta": 2, "rounds": 2, "loss": 0.375, "reward_mean": 0.3, "seconds_gen": 1.5}   # step 1
+EXPECTED_EVAL = {"eval/alpha/mean@8": 0.625, "eval/beta/mean@8": 0.125, "eval/worst": 0.125,
+                 "eval/average": 0.375}
 
 
 def log_run(report_to: str, out_dir: str) -> None:
@@ -43,7 +45,8 @@ def test_flatten_names_and_sums_per_round_lists():
     flat = trackers.flatten(TRAIN, TASKS, 8)
     assert {k: flat[k] for k in EXPECTED} == pytest.approx(EXPECTED)
     assert len(flat) == 8 * 2 + 2 * 2 + 10   # 8 per-task vectors, 2 per-round lists, 10 scalars
-    assert trackers.flatten(EVAL, TASKS, 8) == EXPECTED_EVAL and trackers.flatten({"kind": "config"}, TASKS, 8) == {}
+    assert trackers.flatten(EVAL, TASKS, 8) == EXPECTED_EVAL
+    assert trackers.flatten({"kind": "config"}, TASKS, 8) == {}
     with pytest.raises(ValueError, match="record 'z' has 2 values for 3 task names"):
         trackers.flatten(TRAIN, ["a", "b", "c"], 8)
 
@@ -54,13 +57,13 @@ def test_none_is_a_null_tracker_and_bad_names_are_one_line(tmp_path):
         tracker.log(TRAIN)
         tracker.close()
     assert not list(tmp_path.iterdir())
-    with pytest.raises(ValueError, match="unknown tracker 'mlflow'; choose from tensorboard, wandb, trackio or none"):
+    with pytest.raises(ValueError, match="unknown tracker 'mlflow'; choose from tensorboard, wandb, trackio"):
         trackers.open_trackers("tensorboard,mlflow", str(tmp_path), CONFIG)
 
 
 def test_a_missing_package_names_the_requirements_file(tmp_path, monkeypatch):
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match="--report-to wandb needs the wandb package: pip install -r requirements-trackers.txt"):
+    with pytest.raises(ValueError, match="wandb package: pip install -r requirements-trackers.txt"):
         trackers.open_trackers("wandb", str(tmp_path), CONFIG)
 
 
@@ -75,9 +78,9 @@ def test_tensorboard_event_file_reads_back(tmp_path):
 
 
 def wandb_history(path: str) -> list[dict]:
-    """The history rows of an offline run's .wandb file. wandb 0.31 writes it from its Go core and ships no Python
-    reader, so this undoes its framing (LevelDB's log format: 32 KiB blocks of chunks, each with a 7-byte header
-    crc32 / length / type, after a 7-byte file header) and parses each record with wandb's own protobuf."""
+    """The history rows of an offline run's .wandb file. wandb 0.31 writes it from its Go core and ships no
+    Python reader, so this undoes its framing (LevelDB's log format: 32 KiB blocks of chunks, each with a
+    7-byte header crc32 / length / type, after a 7-byte file header) and parses records by wandb's protobuf."""
     from wandb.proto import wandb_internal_pb2
 
     data, block = open(path, "rb").read(), 32768
@@ -94,7 +97,8 @@ def wandb_history(path: str) -> list[dict]:
             record.ParseFromString(pending)
             pending = b""
             if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+                items = record.history.item
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items})
     return rows
 
 
@@ -119,7 +123,7 @@ def test_trackio_local_store_reads_back(tmp_path, monkeypatch):
 
     log_run("trackio", str(tmp_path))
     db_path = SQLiteStorage.get_project_db_path("mtgrpo-test")
-    assert str(db_path).startswith(str(tmp_path)), f"trackio was imported before TRACKIO_DIR was set: {db_path}"
+    assert str(db_path).startswith(str(tmp_path)), f"trackio imported before TRACKIO_DIR was set: {db_path}"
     with sqlite3.connect(db_path) as db:
         rows = db.execute("SELECT step, metrics FROM metrics ORDER BY id").fetchall()
     series: dict[str, dict[int, float]] = {}

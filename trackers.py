@@ -1,19 +1,19 @@
 """
 Experiment trackers: the records mtgrpo.py writes to log.jsonl, also sent to TensorBoard, Weights & Biases or
-Trackio, under log.jsonl's own names (pip install -r requirements-trackers.txt; each is imported only when named).
+Trackio, under log.jsonl's own names (pip install -r requirements-trackers.txt; each imported when named).
 
     tracker = open_trackers("tensorboard,wandb", out_dir, config, task_names=names)
     tracker.log(record)       # every record log.jsonl gets: kind "train" or "eval" (others are ignored)
     tracker.close()
 
 A train record's per-task vectors (z, z_next, batch_shares, targets, rho, J, I, train_acc, sec_q) become
-`<name>/<task>` scalars, per-round lists (generated, accepted) their per-task sums over the step's rounds, and its
-numbers (rounds, reward_mean, loss, seconds, ...) scalars of their own name, all at the record's step. An eval
-record becomes eval/<task>/mean@k, eval/worst and eval/average. Where each one writes:
+`<name>/<task>` scalars, per-round lists (generated, accepted) their per-task sums over the step's rounds, and
+its numbers (rounds, reward_mean, loss, seconds, ...) scalars of their own name, all at the record's step. An
+eval record becomes eval/<task>/mean@k, eval/worst and eval/average. Where each one writes:
 
     tensorboard   OUT_DIR/tensorboard/ (torch's SummaryWriter)
-    wandb         a run in project $WANDB_PROJECT (default mtgrpo), files under OUT_DIR/wandb/; WANDB_MODE=offline
-                  keeps it local
+    wandb         a run in project $WANDB_PROJECT (default mtgrpo), files under OUT_DIR/wandb/;
+                  WANDB_MODE=offline keeps it local
     trackio       project $TRACKIO_PROJECT (default mtgrpo) in Trackio's local store ($TRACKIO_DIR)
 """
 
@@ -24,7 +24,7 @@ import os
 from typing import Callable
 
 INSTALL = "pip install -r requirements-trackers.txt"
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}   # --report-to name -> package
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}   # name -> package
 Writer = tuple[Callable[[int, dict], None], Callable[[], None]]   # (write(step, metrics), close())
 
 
@@ -68,8 +68,8 @@ def _wandb(out_dir: str, config: dict) -> Writer:
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mtgrpo"), dir=out_dir, config=config)
 
     def close() -> None:
-        """finish() can return before the run file is written (wandb 0.31 offline left 7 bytes in 1 of 4 runs);
-        teardown() waits for wandb's service to flush and stop."""
+        """finish() can return before the run file is written (wandb 0.31 offline left 7 bytes in 1 of 4
+        runs); teardown() waits for wandb's service to flush and stop."""
         run.finish()
         wandb.teardown()
     return (lambda step, metrics: run.log(metrics, step=step)), close
@@ -105,14 +105,17 @@ class Tracker:
 
 
 def open_trackers(report_to: str, out_dir: str, config: dict, task_names: list[str] | None = None) -> Tracker:
-    """Trackers for a comma-separated subset of tensorboard,wandb,trackio ('' or 'none': none). Task names come from
-    `task_names`, else config["task_names"], else config["tasks"]; mean@k's k from config["eval_k"] (default 8).
-    A name not known, or whose package is missing, is one ValueError line with the fix; nothing is opened then."""
+    """Trackers for a comma-separated subset of tensorboard,wandb,trackio ('' or 'none': none). Task names
+    come from `task_names`, else config["task_names"], else config["tasks"]; mean@k's k from
+    config["eval_k"] (8 if absent). A name not known, or whose package is missing, is one ValueError line with
+    the fix, before any tracker opens."""
     names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
     for name in names:
         if name not in OPENERS:
-            raise ValueError(f"--report-to: unknown tracker {name!r}; choose from {', '.join(OPENERS)} or none")
+            raise ValueError(f"--report-to: unknown tracker {name!r}; choose from {', '.join(OPENERS)} "
+                             "or none")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ValueError(f"--report-to {name} needs the {PACKAGES[name]} package: {INSTALL}")
-    tasks = task_names or config.get("task_names") or [t.strip() for t in config.get("tasks", "").split(",") if t.strip()]
-    return Tracker([OPENERS[name](out_dir, config) for name in names], list(tasks), int(config.get("eval_k", 8)))
+    listed = [t.strip() for t in config.get("tasks", "").split(",") if t.strip()]
+    tasks = list(task_names or config.get("task_names") or listed)
+    return Tracker([OPENERS[name](out_dir, config) for name in names], tasks, int(config.get("eval_k", 8)))

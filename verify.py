@@ -28,7 +28,7 @@ MAX_ANSWER_CHARS = 4096   # a box longer than this is no answer (an ARC-1D row o
 MAX_EXPR_CHARS = 256      # a Countdown expression of 6 numbers <= 100 fits easily
 MAX_DEPTH = 32            # parentheses / unary plus-minus nesting accepted in a Countdown expression
 MAX_DIGITS = 6            # longest integer literal parsed (the given numbers have at most 3 digits)
-SANDBOX_TIMEOUT = 5.0     # seconds per sandboxed check (math-verify's own default limit); over it scores as wrong
+SANDBOX_TIMEOUT = 5.0     # seconds per sandboxed check (math-verify's own default limit)
 
 
 # -----------------------------------------------------------------------------
@@ -189,17 +189,18 @@ CHECKS = {   # verifier name -> is the extracted answer correct for the example
     "exact": lambda answer, ex: answer.strip() == ex.answer.strip(),                       # bring-your-own
 }
 SANDBOXED = {   # verifier -> (scorer run in sandbox.py's worker, its args, its warmup, the package it needs)
-    "math": (scorers.math_equal, lambda answer, ex: (ex.answer, answer), scorers.warm_math, "math_verify", "math"),
+    "math": (scorers.math_equal, lambda answer, ex: (ex.answer, answer), scorers.warm_math, "math_verify",
+             "math"),
     "rg": (scorers.rg_score, lambda answer, ex: (ex.info, answer), scorers.warm_rg, "reasoning_gym", "rg"),
 }
-RG_INFO = {"dataset": str, "config": dict, "seed": int, "size": int, "index": int}   # how to regenerate the item
+RG_INFO = {"dataset": str, "config": dict, "seed": int, "size": int, "index": int}   # regenerates the item
 VERIFIERS = (*CHECKS, *SANDBOXED, "toy")
 
 
 def check_info(verifier: str, info) -> None:
     """Raise ValueError naming what a bring-your-own example's `info` lacks for its verifier: countdown
-    needs {"numbers": [int, ...], "target": int}, toy needs {"alphabet": "<symbols>"}, rg how to regenerate its
-    item (RG_INFO), the rest nothing; math and rg need their package.
+    needs {"numbers": [int, ...], "target": int}, toy needs {"alphabet": "<symbols>"}, rg how to regenerate
+    its item (RG_INFO), the rest nothing; math and rg need their package.
     Checked when a task is loaded, so a bad line fails there and not mid-training inside reward()."""
     if verifier not in VERIFIERS:
         raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
@@ -217,7 +218,8 @@ def check_info(verifier: str, info) -> None:
     if verifier == "toy" and not (isinstance(info.get("alphabet"), str) and info["alphabet"]):
         raise ValueError(f'verifier "toy" needs "info": {{"alphabet": "<its symbols>"}}, got {info!r:.200}')
     if verifier == "rg" and not all(isinstance(info.get(k), t) for k, t in RG_INFO.items()):
-        raise ValueError(f'verifier "rg" needs "info": {{"dataset", "config", "seed", "size", "index"}}, got {info!r:.200}')
+        raise ValueError(f'verifier "rg" needs "info": {{"dataset", "config", "seed", "size", "index"}}, '
+                         f'got {info!r:.200}')
     if verifier in SANDBOXED and importlib.util.find_spec(SANDBOXED[verifier][3]) is None:
         raise ValueError(f'verifier "{verifier}" needs {SANDBOXED[verifier][3]}: '
                          f'pip install -r requirements-{SANDBOXED[verifier][4]}.txt')
@@ -239,9 +241,9 @@ def reward(completion: str, ex, box_rule: str = "last") -> float:
 
 
 def rewards(completions: list[str], examples: list, box_rule: str = "last") -> list[float]:
-    """reward() of each (completion, example) pair. Sandboxed checks (math, rg) go to the worker in one batch per
-    verifier, each within SANDBOX_TIMEOUT seconds. A check that overruns it, raises or kills the worker scores 0.0,
-    not the 0.1 format credit: an answer we cannot check earns nothing, so a policy gains nothing by stalling us."""
+    """reward() of each (completion, example) pair. Sandboxed checks (math, rg) go to the worker in one batch
+    per verifier, each within SANDBOX_TIMEOUT seconds. A check that overruns it, raises or kills the worker
+    scores 0.0, not the 0.1 format credit: an answer we cannot check earns nothing (stalling us never pays)."""
     out: list[float] = []
     pending: dict[str, list[tuple[int, str, object]]] = {}
     for i, (completion, ex) in enumerate(zip(completions, examples)):
@@ -260,7 +262,8 @@ def rewards(completions: list[str], examples: list, box_rule: str = "last") -> l
             out.append(1.0 if CHECKS[ex.verifier](answer, ex) else 0.1)
     for verifier, items in pending.items():
         scorer, args, warmup = SANDBOXED[verifier][:3]
-        results = sandbox.call_all(scorer, [args(answer, ex) for _, answer, ex in items], SANDBOX_TIMEOUT, None, warmup)
+        calls = [args(answer, ex) for _, answer, ex in items]
+        results = sandbox.call_all(scorer, calls, SANDBOX_TIMEOUT, None, warmup)
         for (i, _, _), result in zip(items, results):
             out[i] = 0.0 if result is None else 1.0 if result == 1.0 else 0.1
     return out
@@ -273,11 +276,12 @@ def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
 
 def score(examples: list, outputs: list, tokenizer, box_rule: str = "last") -> list:
     """The trainer's rewards: for each prompt's (token ids (n, T), mask (n, T)) decode every response up to its first
-    EOS and reward() it -> a tensor (n,) per prompt. All prompts' responses are scored in one rewards() call."""
+    EOS and reward() it -> a tensor (n,) per prompt. All prompts' responses go through one rewards() call."""
     import torch
 
     texts = [tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)
              for resp, mask in outputs]
-    flat = rewards([t for group in texts for t in group], [ex for ex, group in zip(examples, texts) for _ in group], box_rule)
+    each = [ex for ex, group in zip(examples, texts) for _ in group]
+    flat = rewards([t for group in texts for t in group], each, box_rule)
     scores = iter(flat)
     return [torch.tensor([next(scores) for _ in group]) for group in texts]
