@@ -80,7 +80,7 @@ def test_tensorboard_event_file_reads_back(tmp_path):
 def wandb_history(path: str) -> list[dict]:
     """The history rows of an offline run's .wandb file. wandb 0.31 writes it from its Go core and ships no
     Python reader, so this undoes its framing (LevelDB's log format: 32 KiB blocks of chunks, each with a
-    7-byte header crc32 / length / type, after a 7-byte file header) and parses records by wandb's protobuf."""
+    7-byte header crc32 / length / type, after a 7-byte file header) and parses records with its protobuf."""
     from wandb.proto import wandb_internal_pb2
 
     data, block = open(path, "rb").read(), 32768
