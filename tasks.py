@@ -6,7 +6,8 @@ difficulties each, toy tasks a tiny model learns on CPU, and bring-your-own task
     zebra_{easy,medium,hard,very_hard}       3x3/4x4/5x5/6x6 people x attributes; who lives in house 1?
     arc1d_{easy,medium,hard,very_hard}       ARC-1D rows of 10/20/30/40 cells, 3 examples + a test input
     toy_copy, toy_next, toy_first, toy_sum   one-character answers (the CPU testbed and tests)
-    path/to/file.jsonl                       one {"prompt", "answer", "verifier"} object per line
+    rg:<dataset>[:<level>]                   reasoning-gym's generators (rg_tasks.py)
+    FILE[:key=column...]                     .jsonl / .parquet / save_to_disk data, 1+ tasks (datafiles.py)
 
 The paper used reasoning-gym's generators (Chen et al. 2025 released the data); ours are written from
 scratch to the same recipe, with no dependency: every Countdown target is confirmed reachable by an
@@ -669,14 +670,22 @@ def _check_sizes(n_train: int, n_test: int) -> None:
 
 
 def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples of a built-in task or a .jsonl file. Deterministic in (name, seed); the test
-    split is drawn first, so it does not depend on n_train; the two splits share no question, and for
-    ARC-1D no (test input, answer) pair: train skips instances that repeat a test item's pair."""
+    """(train, test) examples of a built-in task, a reasoning-gym task or a one-task data file. Deterministic
+    in (name, seed); the test split is drawn first, so it does not depend on n_train; the two splits share no
+    question, and for ARC-1D no (test input, answer) pair: train skips instances repeating a test item's pair."""
     _check_sizes(n_train, n_test)
-    if name.endswith(".jsonl"):
-        return _load_jsonl(name, n_train, n_test, seed)
+    if name.startswith("rg:"):
+        from rg_tasks import load_rg
+        return load_rg(name, n_train, n_test, seed)
+    if _is_file_spec(name):
+        loaded = _load_file(name, n_train, n_test, seed)
+        if len(loaded) > 1:
+            held = ", ".join(train[0].task for train, _ in loaded)
+            raise ValueError(f"{name} holds {len(loaded)} tasks ({held}); load it with load_tasks")
+        return loaded[0]
     if name not in TASK_NAMES:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}, rg:<dataset>, "
+                         "or a data file")
     examples: list[Example] = []
     seen: set[str] = set()
     test_pairs: set[tuple[str, str]] = set()
@@ -696,59 +705,14 @@ def load_task(name: str, n_train: int = 1000, n_test: int = 200, seed: int = 0) 
     return examples[n_test:], examples[:n_test]
 
 
-def _load_jsonl(path: str, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """Bring-your-own task: one JSON object per line with "prompt", "answer" and "verifier" (one of
-    verify.VERIFIERS); optional "info" (countdown needs {"numbers": [...], "target": t}, toy needs
-    {"alphabet": "..."}) and "split" ("train" | "test"). Without "split", a seeded shuffle puts n_test
-    lines in test and the rest in train. Every prompt must be distinct, so no test question is trained on."""
-    from verify import check_info
+def _is_file_spec(name: str) -> bool:
+    from datafiles import is_file_spec
+    return is_file_spec(name)
 
-    if not os.path.isfile(path):
-        raise ValueError(f"task file {path} does not exist")
-    task = os.path.splitext(os.path.basename(path))[0]
-    rows: list[tuple[str | None, Example]] = []
-    first_line: dict[str, int] = {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                prompt, answer, verifier = obj["prompt"], obj["answer"], obj["verifier"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:  # JSON's own position would be a second line number
-                why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
-                raise ValueError(f"{path}:{lineno}: need a JSON object with \"prompt\", \"answer\" and \"verifier\" ({why})") from None
-            info, split = obj.get("info", {}), obj.get("split")
-            try:
-                check_info(verifier, info)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-            if split not in (None, "train", "test"):
-                raise ValueError(f"{path}:{lineno}: \"split\" must be \"train\" or \"test\", got {split!r}")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{lineno}: \"prompt\" must be a non-empty string, got {prompt!r:.80}")
-            if prompt in first_line:
-                raise ValueError(f"{path}:{lineno}: repeats the prompt of line {first_line[prompt]}; "
-                                 f"remove duplicates (a repeat could land in both train and test)")
-            first_line[prompt] = lineno
-            rows.append((split, Example(task, prompt, str(answer), verifier, info)))
-            if (split is None) != (rows[0][0] is None):   # a line without a split would be dropped
-                raise ValueError(f"{path}:{lineno}: give \"split\" on every line or on none")
-    if rows and rows[0][0] is not None:
-        train = [ex for split, ex in rows if split == "train"][:n_train]
-        test = [ex for split, ex in rows if split == "test"]
-    else:
-        order = [ex for _, ex in rows]
-        random.Random(seed).shuffle(order)
-        test, train = order[:n_test], order[n_test:n_test + n_train]
-    if len(test) < n_test or not train:
-        raise ValueError(f"{path}: {len(test)} test and {len(train)} train examples; need {n_test} test "
-                         f"(--eval-prompts) and at least one train")
-    return train, test[:n_test]
+
+def _load_file(spec: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
+    from datafiles import load_file
+    return load_file(spec, n_train, n_test, seed)
 
 
 R1_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -783,34 +747,56 @@ TASK_INFO = {  # one line per built-in family, for --list-tasks
 
 
 def describe_tasks() -> str:
-    """The built-in tasks, a line each (mtgrpo.py --list-tasks)."""
+    """The built-in tasks, a line each, then the other sources (mtgrpo.py --list-tasks)."""
     lines = [f"{family + '_{' + ','.join(LEVELS) + '}':38s} {TASK_INFO[family]}" for family in ("countdown", "zebra", "arc1d")]
     lines.append(f"{','.join(TOY_TASKS):38s} {TASK_INFO['toy']}")
-    return "\n".join(lines + ["path/to/file.jsonl                     your own: one {\"prompt\", \"answer\", \"verifier\"} object per line"])
+    return "\n".join(lines + [
+        f"{'rg:DATASET:LEVEL':38s} reasoning-gym's countdown, zebra_puzzles, arc_1d at the paper's configs "
+        "(LEVEL as above; requirements-rg.txt)",
+        f"{'rg:<dataset>':38s} any reasoning-gym dataset, default config, scored by its score_answer",
+        f"{'FILE[:key=column...]':38s} your own .jsonl / .parquet / save_to_disk directory "
+        "(requirements-data.txt): columns prompt, answer, verifier, optional task (several tasks in one file), "
+        "info, split; e.g. data.parquet:prompt=question:verifier=math (a verifier name, no such column)"])
 
 
 def check_task_list(tasks: str) -> None:
     """Reject a --tasks value naming an unknown task, a missing file, a task twice, or none, with one line."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
-        raise ValueError("--tasks is empty: give a comma-separated list of task names or .jsonl files")
+        raise ValueError("--tasks is empty: give a comma-separated list of task names, rg:<dataset> or data "
+                         "files")
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"--tasks names {', '.join(twice)} more than once; each task gets one weight, so list it once")
     for name in names:
-        if not (name in TASK_NAMES or name.endswith(".jsonl")):
-            raise ValueError(f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, or a path to a .jsonl file")
-        if name.endswith(".jsonl") and not os.path.isfile(name):
-            raise ValueError(f"--tasks: task file {name} does not exist")
+        if name.startswith("rg:"):
+            from rg_tasks import parse_spec
+            parse_spec(name)
+        elif _is_file_spec(name):
+            from datafiles import parse_spec
+            parse_spec(name)
+        elif name not in TASK_NAMES:
+            raise ValueError(f"--tasks: unknown task {name!r}; known: {', '.join(TASK_NAMES)}, rg:<dataset>, "
+                             "or a data file (python mtgrpo.py --list-tasks)")
 
 
 def load_tasks(tasks: str, n_train: int, n_test: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
-    """(train, test) examples of every task in a --tasks list, with progress; a bad task file fails here, before
-    any model is loaded."""
+    """(train, test) examples of every task in a --tasks list, with progress; a data file yields one pair per
+    task it holds. A bad task file fails here, before any model is loaded."""
     out = []
     for name in (t.strip() for t in tasks.split(",") if t.strip()):
         t0 = time.perf_counter()
-        out.append(load_task(name, n_train=n_train, n_test=n_test, seed=seed))
+        _check_sizes(n_train, n_test)
+        if _is_file_spec(name):
+            loaded = _load_file(name, n_train, n_test, seed)
+        else:
+            loaded = [load_task(name, n_train, n_test, seed)]
         seconds = time.perf_counter() - t0
-        print(f"task {name}: {len(out[-1][0])} train / {len(out[-1][1])} test prompts ({seconds:.1f} s)")
+        for train, test in loaded:
+            print(f"task {train[0].task}: {len(train)} train / {len(test)} test prompts ({seconds:.1f} s)")
+        out += loaded
+    names = [train[0].task for train, _ in out]
+    if len(set(names)) < len(names):   # each task is logged and weighted by its name
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"--tasks yields task {twice!r} twice; rename one (a file's task column or stem)")
     return out

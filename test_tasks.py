@@ -414,7 +414,7 @@ def test_jsonl_task_loads_splits_and_scores(tmp_path):
 
 
 @pytest.mark.parametrize("rows,message", [
-    ([{"prompt": "p", "answer": "a"}], "need a JSON object"),
+    ([{"prompt": "p", "answer": "a"}], "bad.jsonl:1: no column 'verifier'"),
     ([{"prompt": "p", "answer": "a", "verifier": "regex"}], "unknown verifier 'regex'"),
     ([{"prompt": "p", "answer": "a", "verifier": "countdown"}], "bad.jsonl:1: verifier \"countdown\" needs"),
     ([{"prompt": "p", "answer": "a", "verifier": "countdown", "info": {"numbers": ["3", "4"], "target": 7}}],
@@ -473,7 +473,7 @@ def test_prompt_styles():
 
 @pytest.mark.parametrize("rg_name", ["countdown", "zebra_puzzles", "arc_1d"])
 def test_agrees_with_reasoning_gym_on_honest_answers(rg_name):
-    rg = pytest.importorskip("reasoning_gym")
+    rg = pytest.importorskip("reasoning_gym", reason="pip install -r requirements-rg.txt")
     data = rg.create_dataset(rg_name, size=30, seed=1)
     for entry in data:
         gold = entry["answer"]

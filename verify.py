@@ -3,24 +3,32 @@ Answer checking and rewards for mtgrpo (arXiv 2602.05547, Sec. 6 and App. E): a 
 1.0 when its answer is correct, 0.1 when it gives a well-formatted but wrong answer, 0.0 otherwise.
 Accuracy counts only 1.0 (format credit never counts).
 
-Model output is untrusted input. Nothing here calls eval/exec or sympy: the released Countdown reward
-(Python `eval`) hangs on a power tower of the given numbers, and reasoning-gym's (sympy `parse_expr`)
-runs code and accepts `x - x` or `0e0` tricks. Every check is linear in the completion's length, with
-the answer's length and nesting capped before parsing, so 1 MB of anything is scored in milliseconds.
+Model output is untrusted input. Nothing here calls eval/exec or sympy in this process: the released
+Countdown reward (Python `eval`) hangs on a power tower of the given numbers, and reasoning-gym's (sympy
+`parse_expr`) runs code and accepts `x - x` or `0e0` tricks. Every check here is linear in the completion's
+length, with the answer's length and nesting capped before parsing, so 1 MB of anything is scored in
+milliseconds. The verifiers that need sympy ("math": math-verify; "rg": a reasoning-gym dataset's own
+score_answer) get only the extracted box, and run it in sandbox.py's worker process with a time limit.
 
     reward(completion, example)          -> 1.0 | 0.1 | 0.0, never raises on any str
+    rewards(completions, examples)       -> the same for many, sandboxed checks batched into one message
     extract_boxed(text, rule="last")     -> content of the last \\boxed{...}, or None
 """
 
 from __future__ import annotations
 
+import importlib.util
 from fractions import Fraction
+
+import sandbox
+import scorers
 
 BOX = "\\boxed{"
 MAX_ANSWER_CHARS = 4096   # a box longer than this is no answer (an ARC-1D row of 40 cells is 79 chars)
 MAX_EXPR_CHARS = 256      # a Countdown expression of 6 numbers <= 100 fits easily
 MAX_DEPTH = 32            # parentheses / unary plus-minus nesting accepted in a Countdown expression
 MAX_DIGITS = 6            # longest integer literal parsed (the given numbers have at most 3 digits)
+SANDBOX_TIMEOUT = 5.0     # seconds per sandboxed check (math-verify's own default limit)
 
 
 # -----------------------------------------------------------------------------
@@ -180,12 +188,19 @@ CHECKS = {   # verifier name -> is the extracted answer correct for the example
     "grid": lambda answer, ex: _normalize_grid(answer) == _normalize_grid(ex.answer),      # ARC-1D: exact cells
     "exact": lambda answer, ex: answer.strip() == ex.answer.strip(),                       # bring-your-own
 }
-VERIFIERS = (*CHECKS, "toy")
+SANDBOXED = {   # verifier -> (scorer run in sandbox.py's worker, its args, its warmup, the package it needs)
+    "math": (scorers.math_equal, lambda answer, ex: (ex.answer, answer), scorers.warm_math, "math_verify",
+             "math"),
+    "rg": (scorers.rg_score, lambda answer, ex: (ex.info, answer), scorers.warm_rg, "reasoning_gym", "rg"),
+}
+RG_INFO = {"dataset": str, "config": dict, "seed": int, "size": int, "index": int}   # regenerates the item
+VERIFIERS = (*CHECKS, *SANDBOXED, "toy")
 
 
 def check_info(verifier: str, info) -> None:
     """Raise ValueError naming what a bring-your-own example's `info` lacks for its verifier: countdown
-    needs {"numbers": [int, ...], "target": int}, toy needs {"alphabet": "<symbols>"}, the rest nothing.
+    needs {"numbers": [int, ...], "target": int}, toy needs {"alphabet": "<symbols>"}, rg how to regenerate
+    its item (RG_INFO), the rest nothing; math and rg need their package.
     Checked when a task is loaded, so a bad line fails there and not mid-training inside reward()."""
     if verifier not in VERIFIERS:
         raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
@@ -202,6 +217,12 @@ def check_info(verifier: str, info) -> None:
                          f'got {info!r:.200}')
     if verifier == "toy" and not (isinstance(info.get("alphabet"), str) and info["alphabet"]):
         raise ValueError(f'verifier "toy" needs "info": {{"alphabet": "<its symbols>"}}, got {info!r:.200}')
+    if verifier == "rg" and not all(isinstance(info.get(k), t) for k, t in RG_INFO.items()):
+        raise ValueError(f'verifier "rg" needs "info": {{"dataset", "config", "seed", "size", "index"}}, '
+                         f'got {info!r:.200}')
+    if verifier in SANDBOXED and importlib.util.find_spec(SANDBOXED[verifier][3]) is None:
+        raise ValueError(f'verifier "{verifier}" needs {SANDBOXED[verifier][3]}: '
+                         f'pip install -r requirements-{SANDBOXED[verifier][4]}.txt')
 
 
 def _toy_reward(completion: str, ex) -> float:
@@ -216,14 +237,36 @@ def _toy_reward(completion: str, ex) -> float:
 def reward(completion: str, ex, box_rule: str = "last") -> float:
     """The paper's reward: 1.0 correct, 0.1 a boxed but wrong answer, 0.0 no (closed, non-empty) box.
     `ex` is a tasks.Example; its `verifier` picks the check. Never raises on any completion string."""
-    if ex.verifier == "toy":
-        return _toy_reward(completion, ex)
-    if ex.verifier not in VERIFIERS:
-        raise ValueError(f"unknown verifier {ex.verifier!r}; known: {', '.join(VERIFIERS)}")
-    answer = extract_boxed(completion, box_rule)
-    if not answer:
-        return 0.0
-    return 1.0 if CHECKS[ex.verifier](answer, ex) else 0.1
+    return rewards([completion], [ex], box_rule)[0]
+
+
+def rewards(completions: list[str], examples: list, box_rule: str = "last") -> list[float]:
+    """reward() of each (completion, example) pair. Sandboxed checks (math, rg) go to the worker in one batch
+    per verifier, each within SANDBOX_TIMEOUT seconds. A check that overruns it, raises or kills the worker
+    scores 0.0, not the 0.1 format credit: an answer we cannot check earns nothing (stalling us never pays)."""
+    out: list[float] = []
+    pending: dict[str, list[tuple[int, str, object]]] = {}
+    for i, (completion, ex) in enumerate(zip(completions, examples)):
+        if ex.verifier == "toy":
+            out.append(_toy_reward(completion, ex))
+            continue
+        if ex.verifier not in VERIFIERS:
+            raise ValueError(f"unknown verifier {ex.verifier!r}; known: {', '.join(VERIFIERS)}")
+        answer = extract_boxed(completion, box_rule)
+        if not answer:
+            out.append(0.0)
+        elif ex.verifier in SANDBOXED:
+            out.append(0.1)   # until the worker says 1.0
+            pending.setdefault(ex.verifier, []).append((i, answer, ex))
+        else:
+            out.append(1.0 if CHECKS[ex.verifier](answer, ex) else 0.1)
+    for verifier, items in pending.items():
+        scorer, args, warmup = SANDBOXED[verifier][:3]
+        calls = [args(answer, ex) for _, answer, ex in items]
+        results = sandbox.call_all(scorer, calls, SANDBOX_TIMEOUT, None, warmup)
+        for (i, _, _), result in zip(items, results):
+            out[i] = 0.0 if result is None else 1.0 if result == 1.0 else 0.1
+    return out
 
 
 def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
@@ -233,9 +276,12 @@ def is_correct(completion: str, ex, box_rule: str = "last") -> bool:
 
 def score(examples: list, outputs: list, tokenizer, box_rule: str = "last") -> list:
     """The trainer's rewards: for each prompt's (token ids (n, T), mask (n, T)) decode every response up to its first
-    EOS and reward() it -> a tensor (n,) per prompt."""
+    EOS and reward() it -> a tensor (n,) per prompt. All prompts' responses go through one rewards() call."""
     import torch
 
-    return [torch.tensor([reward(t, ex, box_rule=box_rule) for t in
-                          tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)])
-            for ex, (resp, mask) in zip(examples, outputs)]
+    texts = [tokenizer.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)
+             for resp, mask in outputs]
+    each = [ex for ex, group in zip(examples, texts) for _ in group]
+    flat = rewards([t for group in texts for t in group], each, box_rule)
+    scores = iter(flat)
+    return [torch.tensor([next(scores) for _ in group]) for group in texts]
