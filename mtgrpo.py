@@ -604,6 +604,7 @@ class Config:
     n_train: int = arg(1000, "train prompts per task (paper: 1000; released data: 10000)")
     prompt_style: str = arg("auto", "r1: the paper's wrapper; chat: template; auto: chat for instruct models")
     box_rule: str = arg("last", "the last \\boxed{}, or the last on the last line (released code)")
+    report_to: str = arg("", "also log to tensorboard, wandb, trackio, comma-separated (trackers.py)")
     # method (Sec. 6): --method sets these four
     sampler: str = arg("rp", "RP sampler (Alg. 2), DAPO's, or one round")
     weighting: str = arg("iwu", "task weights: Subroutine 1, Subroutine 2, SEC, uniform")
@@ -700,8 +701,9 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     state = start_state(K, cfg, cfg.seed)
     if saved:
         support.load_checkpoint(ckpt, saved, opt, state, log_path)
-    else:
-        support.log(log_path, {"kind": "config", "method": method, **asdict(cfg)})
+    log = support.run_log(log_path, cfg, names)  # log.jsonl, and --report-to's trackers
+    if not saved:
+        log({"kind": "config", "method": method, **asdict(cfg)})
     sample = functools.partial(generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
                                eos_ids=eos_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                gen_batch_size=cfg.gen_batch_size, share_prompts=cfg.share_prompts)
@@ -715,8 +717,7 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     first = state.step
     if first == 0:  # step 0, before any update: every "start vs end" comes from the log itself
-        start = evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed, step=0)
-        support.log(log_path, start)
+        log(evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed, step=0))
     for step in range(first + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_rollouts,
@@ -742,19 +743,21 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         totals = step_totals(batch)
         rec = support.step_record(z, z_next, batch, totals, upd, state, improvement, time.perf_counter() - t0,
                                   sec=cfg.weighting == "sec")
-        support.log(log_path, rec)
+        log(rec)
         remaining = (time.perf_counter() - t_start) / (step - first) * (cfg.steps - step)
         print(support.progress_line(rec, cfg.steps, totals["total"] > 0, remaining), flush=True)
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             last_eval = evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed + step, step)
-            support.log(log_path, last_eval)
+            log(last_eval)
         if step == cfg.steps or stop or (cfg.save_every and step % cfg.save_every == 0):
             ckpt = support.save_checkpoint(cfg.out_dir, model, tokenizer, opt, state, asdict(cfg), log_path,
                                            cfg.keep_checkpoints)
         if stop:  # Ctrl-C or SIGTERM: the step is done and saved
             print(f"stopped after step {step}: checkpoint {ckpt}\n"
                   f"resume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
+            log.close()
             raise SystemExit(128 + stop["signum"])
+    log.close()
     support.print_done(cfg, cfg.steps - first, time.perf_counter() - t_start, ckpt, log_path)
     return last_eval
 

@@ -90,6 +90,7 @@ def flag(name: str) -> str:
 def validate(cfg) -> None:
     """Reject bad settings with one line naming the flag and the fix (the CLI exits with status 2)."""
     from tasks import check_task_list
+    from trackers import check_report_to
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in CHOICES and value not in CHOICES[f.name]:
@@ -97,6 +98,7 @@ def validate(cfg) -> None:
         if f.name in RANGES and not RANGES[f.name][0](value):
             raise ValueError(f"{flag(f.name)} must be {RANGES[f.name][1]}, got {value}")
     check_task_list(cfg.tasks)
+    check_report_to(cfg.report_to)
     if cfg.minibatch_size > cfg.batch_size:
         raise ValueError(f"--minibatch-size {cfg.minibatch_size} is larger than --batch-size "
                          f"{cfg.batch_size}; the paper uses B/4")
@@ -268,6 +270,20 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt: torch.optim.Optimizer
 def log(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def run_log(path: str, cfg, task_names: list[str]) -> Callable[[dict[str, Any]], None]:
+    """-> log(record): appends the record to path (log.jsonl) and sends it to --report-to's trackers
+    (trackers.py), under the same names; log.close() closes them."""
+    from trackers import open_trackers
+    tracker = open_trackers(cfg.report_to, cfg.out_dir, asdict(cfg), task_names=task_names)
+
+    def write(record: dict[str, Any]) -> None:
+        log(path, record)
+        tracker.log(record)
+
+    write.close = tracker.close
+    return write
 
 
 def step_record(z: np.ndarray, z_next: np.ndarray, batch, totals: dict, upd: dict, loop_state,

@@ -1029,3 +1029,23 @@ def test_readme_shows_what_the_walkthrough_prints_today():
     block = section[section.index("```text\n") + len("```text\n"):]
     block = block[:block.index("```")]
     assert block == p.stdout, "README.md's walkthrough block is stale: paste `python bench/walkthrough.py`'s output"
+
+
+def test_report_to_sends_the_logs_records_to_tensorboard(tmp_path):
+    """--report-to tensorboard: the trainer's train and eval records reach the event file under log.jsonl's
+    names, with the same numbers (read back through TensorBoard's own reader)."""
+    pytest.importorskip("tensorboard", reason="pip install -r requirements-trackers.txt")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tmp_path, steps=2, report_to="tensorboard")
+    M.train(cfg)
+    events = EventAccumulator(os.path.join(cfg.out_dir, "tensorboard"))
+    events.Reload()
+    log = _log(cfg)
+    train = [r for r in log if r["kind"] == "train"]
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert [(e.step, e.value) for e in events.Scalars("z/toy_first")] == pytest.approx(
+        [(r["step"], r["z"][2]) for r in train])
+    assert [(e.step, e.value) for e in events.Scalars("eval/worst")] == pytest.approx(
+        [(r["step"], r["worst"]) for r in evals])
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in train])

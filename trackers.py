@@ -37,7 +37,7 @@ def flatten(record: dict, task_names: list[str], eval_k: int) -> dict[str, float
         return {}
     out: dict[str, float] = {}
     for name, value in record.items():
-        if name in ("kind", "step") or value == []:
+        if name in ("kind", "step") or (isinstance(value, list) and not value):
             continue
         if isinstance(value, list) and value and isinstance(value[0], list):   # one list per sampler round
             value = [sum(v) for v in zip(*value)]
@@ -104,11 +104,8 @@ class Tracker:
         self.writers = []
 
 
-def open_trackers(report_to: str, out_dir: str, config: dict, task_names: list[str] | None = None) -> Tracker:
-    """Trackers for a comma-separated subset of tensorboard,wandb,trackio ('' or 'none': none). Task names
-    come from `task_names`, else config["task_names"], else config["tasks"]; mean@k's k from
-    config["eval_k"] (8 if absent). A name not known, or whose package is missing, is one ValueError line with
-    the fix, before any tracker opens."""
+def check_report_to(report_to: str) -> list[str]:
+    """--report-to's tracker names, or one ValueError line naming the fix: unknown name, missing package."""
     names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
     for name in names:
         if name not in OPENERS:
@@ -116,6 +113,15 @@ def open_trackers(report_to: str, out_dir: str, config: dict, task_names: list[s
                              "or none")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ValueError(f"--report-to {name} needs the {PACKAGES[name]} package: {INSTALL}")
+    return names
+
+
+def open_trackers(report_to: str, out_dir: str, config: dict, task_names: list[str] | None = None) -> Tracker:
+    """Trackers for a comma-separated subset of tensorboard,wandb,trackio ('' or 'none': none). Task names
+    come from `task_names`, else config["task_names"], else config["tasks"]; mean@k's k from
+    config["eval_k"] (8 if absent). A name not known, or whose package is missing, is one ValueError line with
+    the fix, before any tracker opens."""
+    names = check_report_to(report_to)
     listed = [t.strip() for t in config.get("tasks", "").split(",") if t.strip()]
     tasks = list(task_names or config.get("task_names") or listed)
     return Tracker([OPENERS[name](out_dir, config) for name in names], tasks, int(config.get("eval_k", 8)))
