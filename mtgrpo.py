@@ -74,16 +74,18 @@ def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    chunk_size: int = 2048) -> torch.Tensor:
     """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32, from hidden (R, T, H) and the
-    lm_head (V, H): log_softmax(hidden @ weight.T / T).gather(tokens), chunk by chunk, so that the (R, T, V)
-    logits (1 GB at V = 151936) never exist at once."""
+    lm_head (V, H): log_softmax(hidden @ weight.T / T).gather(tokens) in fp32, chunk by chunk, so that the
+    (R, T, V) logits (1 GB at V = 151936) never exist at once."""
     R, T, H = hidden.shape
     h = hidden.reshape(R * T, H)
     y = tokens.reshape(R * T)
 
     def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
-        logits = h_c @ weight.T  # (C, V) <- the big one, one chunk at a time
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32
-        return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+        # fp32 even under bf16 autocast: bf16 logits of magnitude 20-30 are off by up to ~0.06 nat, an error that
+        # would enter every ratio and I_k (~1e-3 per token). Only the (C, V) chunk is ever fp32 at once.
+        with torch.autocast(h_c.device.type, enabled=False):
+            logits = h_c.float() @ weight.float().T / temperature  # (C, V) <- the big one, a chunk at a time
+            return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
 
     C = chunk_size
     recompute = torch.is_grad_enabled() and h.requires_grad  # recompute chunks in backward, don't store them
@@ -190,12 +192,13 @@ def xi_optimizer(xi: torch.Tensor, kind: str, lr: float, weight_decay: float, we
 
 def update_task_weights(xi: torch.Tensor, xi_opt: torch.optim.Optimizer, improvement: torch.Tensor,
                         accuracy: torch.Tensor, weighting: str, lam: float) -> None:
-    """Subroutine 1, line 5 (or Subroutine 2 on lam J; its eta xi is xi_opt's weight decay): a step on xi."""
+    """Subroutine 1, line 5: one step on xi, in place. Subroutine 2 (reward_l2) uses J alone, as the paper
+    writes it (no lambda); its eta xi is xi_opt's weight decay, so SGD takes xi <- xi - beta (g + eta xi)."""
     z = torch.softmax(xi.detach(), dim=0)
     if weighting == "iwu":
         xi.grad = iwu_gradient(z, improvement, accuracy, lam)
     else:
-        xi.grad = reward_l2_gradient(z, lam * accuracy, xi.detach(), 0.0)
+        xi.grad = reward_l2_gradient(z, accuracy, xi.detach(), 0.0)
     xi_opt.step()
 
 def update_sec_values(q: np.ndarray, adv: torch.Tensor, task: torch.Tensor, decay: float) -> np.ndarray:
@@ -372,21 +375,39 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
             hidden = response_hidden(model, prompts, responses, pad_id)
         return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
 
+def step_draws(rng: np.random.Generator, K: int) -> Callable[[int, int, int], list[int]]:
+    """draw(k, count, size) -> count of task k's `size` prompts, without replacement within a step (across its
+    rounds); a task that runs out draws from all its prompts again."""
+    used: list[set] = [set() for _ in range(K)]
+
+    def draw(k: int, count: int, size: int) -> list[int]:
+        free = [i for i in range(size) if i not in used[k]]
+        if len(free) < count:  # a small task set runs out: reuse
+            free = list(range(size))
+        idx = rng.choice(free, size=count, replace=len(free) < count).tolist()
+        used[k].update(idx)
+        return idx
+    return draw
+
+def pool_draws(rng: np.random.Generator, pools: list[list[int]],
+               refill_below: int) -> Callable[[int, int, int], list[int]]:
+    """The released code's draws: each task's pool is drawn from the front, without replacement across steps;
+    a pool with fewer than refill_below (3B) prompts left gets a reshuffled full list appended to the rest."""
+    def draw(k: int, count: int, size: int) -> list[int]:
+        while len(pools[k]) < max(refill_below, count):
+            pools[k] += rng.permutation(size).tolist()
+        idx = pools[k][:count]
+        del pools[k][:count]
+        return idx
+    return draw
+
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable,
-                  N: int, filter_mode: str, rng: np.random.Generator,
-                  used: list[set]) -> tuple[list[list[Group]], dict[str, Any]]:
-    """Alg. 2 lines 5-9, the samplers' sample_round: draw, sample N each, score, filter. data[k] = (examples,
-    prompt ids) of task k; `used` holds the step's earlier draws. The stats are from before the filter."""
+                  N: int, filter_mode: str, draw: Callable) -> tuple[list[list[Group]], dict[str, Any]]:
+    """Alg. 2 lines 5-9, the samplers' sample_round: draw (step_draws or pool_draws), sample N each, score,
+    filter. data[k] = (examples, prompt ids) of task k. The stats are from before the filter."""
     t = time.perf_counter()
     K = len(data)
-    picks = []
-    for k in range(K):  # without replacement within a step, as the released code draws
-        free = [i for i in range(len(data[k][0])) if i not in used[k]]
-        if len(free) < counts[k]:  # a small task set runs out: reuse
-            free = list(range(len(data[k][0])))
-        idx = rng.choice(free, size=int(counts[k]), replace=len(free) < counts[k]).tolist()
-        used[k].update(idx)
-        picks += [(k, i) for i in idx]
+    picks = [(k, i) for k in range(K) for i in draw(k, int(counts[k]), len(data[k][0]))]
     outs = sample([data[k][1][i] for k, i in picks], N)
     rewards = score([data[k][0][i] for k, i in picks], outs)
     survivors: list[list[Group]] = [[] for _ in range(K)]
@@ -443,12 +464,13 @@ def batch_logprobs(logprobs: Callable, rows: Rows, idx: list[int], micro_batch_s
 def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx: list[int],
                 old_logp: torch.Tensor | None, micro_batch_size: int = 8, eps_low: float = 0.2,
                 eps_high: float = 0.28, loss_agg: str = "token_mean",
-                grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+                grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """One optimizer step on minibatch idx (Eq. 13), over micro-batches. old_logp (len(idx), T), or None while
     theta = theta_old (the first minibatch): then this forward's own log-probs, detached, are pi_old.
-    -> (stats, the old log-probs used)."""
+    -> (stats, the old log-probs used, this forward's log-probs (len(idx), T), detached)."""
     T = rows.responses.shape[1]
     used_old = []
+    forward = []
     sums = None
     # token_mean divides by the tokens of the whole minibatch, not of each micro-batch (tested: split == full)
     n_tok = max(float(rows.mask[idx].sum()), 1.0)
@@ -459,6 +481,7 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
         logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
         old = logp.detach() if old_logp is None else old_logp[start:start + len(ix), :t].to(logp.device)
         used_old.append(F.pad(old.float(), (0, T - t)))
+        forward.append(F.pad(logp.detach().float(), (0, T - t)))
         mask = rows.mask[ix, :t].to(logp.device)
         loss, st = grpo_loss(logp, old, rows.adv[ix].to(logp.device), mask, eps_low, eps_high, agg=loss_agg,
                              normalizer=normalizer)
@@ -472,40 +495,67 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     loss_sum, clip_sum, ratio_sum = sums.tolist()  # the one host sync of the update
     stats = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_frac": clip_sum / n_tok,
              "ratio_mean": ratio_sum / n_tok}
-    return stats, torch.cat(used_old).cpu()
+    return stats, torch.cat(used_old).cpu(), torch.cat(forward).cpu()
 
-def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N: int,
-                  cfg: Config) -> tuple[dict[str, float], torch.Tensor]:
+def minibatches(rows: Rows, N: int, cfg: Config) -> list[list[int]]:
+    """The update's minibatches of cfg.minibatch_size groups (N rows each), in batch order."""
+    return chunks(list(range(len(rows.prompts))), cfg.minibatch_size * N)
+
+def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N: int, cfg: Config,
+                  after_minibatch: Callable | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Algorithm 1, line 4: one optimizer step per minibatch of cfg.minibatch_size groups (the paper: 4 per
-    step). pi_old of minibatches 2.. is one no-grad pass at theta_t. -> (stats, pi_old (R, T) of every
-    row)."""
+    step). pi_old of minibatches 2.. is a no-grad pass at theta_t over the same micro-batches as the update's
+    forward, so that at theta_t their ratio is exactly 1 in any precision. after_minibatch(mb, log-probs of its
+    forward, its pi_old) runs after each step (the released code's IWU). -> (stats, pi_old (R, T) of every row)."""
     t0 = time.perf_counter()
-    minibatches = chunks(list(range(len(rows.prompts))), cfg.minibatch_size * N)
-    later = [i for mb in minibatches[1:] for i in mb]
+    parts = minibatches(rows, N, cfg)
     old_logp = torch.zeros_like(rows.mask)
-    old_logp[later] = batch_logprobs(logprobs, rows, later, cfg.micro_batch_size)  # none with one minibatch
+    for mb in parts[1:]:  # none with one minibatch: its own forward is pi_old
+        old_logp[mb] = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
     t1 = time.perf_counter()
     stats = []
-    for j, mb in enumerate(minibatches):
-        st, old_logp[mb] = grpo_update(logprobs, opt, rows, mb, None if j == 0 else old_logp[mb],
-                                       cfg.micro_batch_size, cfg.eps_low, cfg.eps_high, cfg.loss_agg,
-                                       cfg.grad_clip)
+    for j, mb in enumerate(parts):
+        st, old_logp[mb], logp = grpo_update(logprobs, opt, rows, mb, None if j == 0 else old_logp[mb],
+                                             cfg.micro_batch_size, cfg.eps_low, cfg.eps_high, cfg.loss_agg,
+                                             cfg.grad_clip)
         stats.append(st)
+        if after_minibatch is not None:
+            after_minibatch(mb, logp, old_logp[mb])
     out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
-    out.update(ratio_first_update=stats[0]["ratio_mean"], updates=len(minibatches), seconds_old_logp=t1 - t0,
+    out.update(ratio_first_update=stats[0]["ratio_mean"], updates=len(parts), seconds_old_logp=t1 - t0,
                seconds_update=time.perf_counter() - t1)
     return out, old_logp
 
-def objective_change(logprobs: Callable, rows: Rows, old_logp: torch.Tensor, K: int,
+def objective_change(logprobs: Callable, rows: Rows, old_logp: torch.Tensor, K: int, N: int,
                      cfg: Config) -> torch.Tensor:
     """Algorithm 1, line 5, Eq. 8: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t) on this step's samples and
-    pi_old, clipped to [-c, c]. One no-grad pass at theta_t+1; at theta_t the surrogate is A (ratio 1)."""
-    new_logp = batch_logprobs(logprobs, rows, list(range(len(rows.prompts))), cfg.micro_batch_size)
+    pi_old, clipped to [-c, c]. One no-grad pass at theta_t+1, in the update's micro-batches; at theta_t the
+    surrogate is A (ratio 1), so the "before" value needs no pass."""
+    new_logp = torch.cat([batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
+                          for mb in minibatches(rows, N, cfg)])
     surrogate = clipped_surrogate(new_logp, old_logp, rows.adv, cfg.eps_low, cfg.eps_high)
     after = task_objectives(surrogate, rows.mask, rows.task, K, cfg.improvement_agg)
     at_theta_t = rows.adv[:, None].expand_as(rows.mask)
     before = task_objectives(at_theta_t, rows.mask, rows.task, K, cfg.improvement_agg)
     return task_improvement(before, after, cfg.improvement_clip)
+
+def minibatch_iwu(logprobs: Callable, rows: Rows, K: int, cfg: Config, state: LoopState,
+                  improvement: torch.Tensor) -> Callable:
+    """The released code's IWU (--iwu-every minibatch): after each minibatch's update, I_k on that minibatch's
+    responses (before: the surrogate of its training forward at theta_j; after: a no-grad pass at theta_j+1),
+    then one step on xi. The passes cover each row once: as many rows as the per-step pass. Adds each I_k into
+    `improvement` (K,), for the log."""
+    def after_minibatch(mb: list[int], logp: torch.Tensor, old_logp: torch.Tensor) -> None:
+        new_logp = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
+        adv, mask, task = rows.adv[mb], rows.mask[mb], rows.task[mb]
+        before = task_objectives(clipped_surrogate(logp, old_logp, adv, cfg.eps_low, cfg.eps_high), mask, task,
+                                 K, cfg.improvement_agg)
+        after = task_objectives(clipped_surrogate(new_logp, old_logp, adv, cfg.eps_low, cfg.eps_high), mask,
+                                task, K, cfg.improvement_agg)
+        minibatch_improvement = task_improvement(before, after, cfg.improvement_clip)
+        update_task_weights(state.xi, state.xi_opt, minibatch_improvement, state.J, cfg.weighting, cfg.lam)
+        improvement.add_(minibatch_improvement)
+    return after_minibatch
 
 # --- One step of Algorithm 1, shared by train() below and integrations/trl_mtgrpo.py ------------------------
 # The functions below read their settings from `cfg`: this file's Config or the TRL integration's MTGRPOConfig
@@ -518,13 +568,15 @@ class LoopState:  # what Algorithm 1 carries from one step to the next besides t
     J: torch.Tensor                 # (K,) last known accuracy per task (kept for tasks not sampled in a step)
     sec_q: np.ndarray               # (K,) SEC's learning progress
     rng: np.random.Generator        # every sampling decision: tasks, prompts, trimming
+    pools: list[list[int]] | None   # per task, the prompts left to draw (--prompt-pools, the released code)
     step: int = 0                   # steps done. support.loop_state_dict saves it all, for both trainers
 
 def start_state(K: int, cfg: Config, seed: int) -> LoopState:
-    """Step 0: xi = 0 (z uniform), rho = 0, J = 0, Q = 0, the sampler's RNG seeded."""
+    """Step 0: xi = 0 (z uniform), rho = 0, J = 0, Q = 0, the sampler's RNG seeded, prompt pools empty."""
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = xi_optimizer(xi, cfg.xi_optimizer, cfg.xi_lr, cfg.xi_weight_decay, cfg.weighting, cfg.eta)
-    return LoopState(xi, xi_opt, np.zeros(K), torch.zeros(K), np.zeros(K), np.random.default_rng(seed))
+    pools = [[] for _ in range(K)] if cfg.prompt_pools else None
+    return LoopState(xi, xi_opt, np.zeros(K), torch.zeros(K), np.zeros(K), np.random.default_rng(seed), pools)
 
 def draw_batch(cfg: Config, state: LoopState, B: int,
                sample_round: Callable) -> tuple[np.ndarray, SampledBatch]:
@@ -547,20 +599,28 @@ def step_totals(batch: SampledBatch) -> dict[str, Any]:
     filter (J_k counts every rollout of the step, not only the groups that were trained on)."""
     return {key: sum(s[key] for s in batch.stats) for key in batch.stats[0]}
 
-def update_weights(cfg: Config, state: LoopState, batch: SampledBatch, trained: list[Group],
-                   improvement: torch.Tensor) -> None:
-    """Algorithm 1, line 6: J_k = the accuracy of task k's rollouts this step, then one step on xi (Subroutine
-    1 or 2), or SEC's values from the trained groups' advantages. A task not sampled keeps its last J."""
-    totals = step_totals(batch)
-    sampled = totals["total"] > 0
-    accuracy = totals["correct"][sampled] / totals["total"][sampled]
-    state.J[torch.from_numpy(sampled)] = torch.from_numpy(accuracy).float()
+def update_accuracy(cfg: Config, state: LoopState, batch: SampledBatch) -> None:
+    """J_k, Subroutine 1's reward level: the accuracy of task k's rollouts this step, before the filter (a task
+    not sampled keeps its last J). With cfg.accuracy_decay d > 0 (the released code: 0.5), an EMA
+    J_k <- d J_k + (1 - d) acc_k over every generation round of the step. The rollouts fix J, so it is known
+    before the update."""
+    rounds = batch.stats if cfg.accuracy_decay > 0 else [step_totals(batch)]
+    for totals in rounds:
+        sampled = torch.from_numpy(totals["total"] > 0)
+        accuracy = torch.from_numpy(totals["correct"][sampled] / totals["total"][sampled]).float()
+        if cfg.accuracy_decay > 0:
+            accuracy = cfg.accuracy_decay * state.J[sampled] + (1 - cfg.accuracy_decay) * accuracy
+        state.J[sampled] = accuracy
+
+def update_weights(cfg: Config, state: LoopState, trained: list[Group], improvement: torch.Tensor) -> None:
+    """Algorithm 1, line 6: one step on xi from I and J (Subroutine 1 or 2), or SEC's values from the trained
+    groups' advantages. With --iwu-every minibatch the xi steps were taken during the update (minibatch_iwu)."""
     if cfg.weighting == "sec" and trained:
         rewards = torch.stack([g.rewards for g in trained])
         adv = group_advantages(rewards, cfg.adv_std == "unbiased").reshape(-1)
         task = torch.tensor([g.task for g in trained]).repeat_interleave(rewards.shape[1])
         state.sec_q = update_sec_values(state.sec_q, adv, task, cfg.sec_decay)
-    if cfg.weighting in ("iwu", "reward_l2"):
+    if cfg.weighting in ("iwu", "reward_l2") and not (cfg.weighting == "iwu" and cfg.iwu_every == "minibatch"):
         update_task_weights(state.xi, state.xi_opt, improvement, state.J, cfg.weighting, cfg.lam)
     state.step += 1
 
@@ -639,12 +699,16 @@ class Config:
     xi_weight_decay: float = arg(1e-5, "AdamW weight decay on xi (Exp. 1: 1e-5, Exp. 2: 1e-4)")
     improvement_clip: float = arg(0.1, "c: I_k is clipped to [-c, c] (Exp. 1: 0.1, Exp. 2: 0.2)")
     improvement_agg: str = arg("mean", "I_k a token mean (paper) or a sum over responses (released code)")
+    iwu_every: str = arg("step", "an IWU step per training step (paper) or per minibatch (released code)")
+    accuracy_decay: float = arg(0.0, "J_k: 0 = this step's accuracy (paper); d > 0: an EMA per round "
+                                "(released code: 0.5)")
     # RP sampler (Algorithm 2)
     os_factor: float = arg(3.0, "M_os: a round generates M_os B prompts (paper: 3)")
     max_resample_rounds: int = arg(10, "N_rs: rounds after the first (Exp. 1: 10, Exp. 2: 2); DAPO's too")
     acc_cap: float = arg(5.0, "M_acc: cap of the inflation m_k = 1/(1 - rho_k) (paper: 5)")
     rho_decay: float = arg(0.9, "EMA decay of the filter-rate estimates rho")
     inflate: bool = arg(True, "acceptance-aware inflation m_k (false: m_k = 1, the Fig. 16 ablation)")
+    prompt_pools: bool = arg(False, "draw prompts without replacement across steps (released code)")
     # SEC (Chen et al. 2025), a baseline
     sec_temperature: float = arg(0.2, "Boltzmann temperature over learning progress (SEC: 0.2)")
     sec_decay: float = arg(0.5, "EMA decay of SEC's mean |advantage| per task")
@@ -671,6 +735,9 @@ PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU testbed (default with --
                  steps=720, batch_size=256, num_rollouts=8, minibatch_size=64, max_prompt_len=1024,
                  max_response_len=4096, filter="lenient", lam=1.2, max_resample_rounds=2,
                  xi_weight_decay=1e-4, improvement_clip=0.2, prompt_style="r1"),
+    # the released code's Exp. 1 algorithm (rsshyam/MT-GRPO), on top of another preset: --preset tiny,released
+    "released": dict(iwu_every="minibatch", improvement_agg="sum", xi_optimizer="adam", accuracy_decay=0.5,
+                     prompt_pools=True, inflate=False),
 }
 
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
@@ -720,24 +787,30 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         log(evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed, step=0))
     for step in range(first + 1, cfg.steps + 1):
         t0 = time.perf_counter()
+        if cfg.prompt_pools:
+            draw = pool_draws(state.rng, state.pools, refill_below=int(round(cfg.os_factor * B)))
+        else:
+            draw = step_draws(state.rng, K)
         sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_rollouts,
-                                         N=N, filter_mode=cfg.filter, rng=state.rng,
-                                         used=[set() for _ in range(K)])
+                                         N=N, filter_mode=cfg.filter, draw=draw)
         # lines 2-3: task weights z, then generate, score and filter through the method's sampler
         z, batch = draw_batch(cfg, state, B, sample_round)
+        update_accuracy(cfg, state, batch)  # J_k of line 6: the rollouts fix it
         upd = {}
         improvement = torch.zeros(K)
         if batch.groups:  # else every prompt was filtered and resampling ran out: no update this step
             rows = flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)
+            per_minibatch = cfg.weighting == "iwu" and cfg.iwu_every == "minibatch"
+            hook = minibatch_iwu(logprobs, rows, K, cfg, state, improvement) if per_minibatch else None
             # line 4: the GRPO minibatch updates (Eq. 11-13)
-            upd, old_logp = policy_update(logprobs, opt, rows, N, cfg)
+            upd, old_logp = policy_update(logprobs, opt, rows, N, cfg, hook)
             # line 5: I_k, the change of each task's GRPO objective over the update (Eq. 8)
             t1 = time.perf_counter()
-            if cfg.weighting == "iwu":
-                improvement = objective_change(logprobs, rows, old_logp, K, cfg)
+            if cfg.weighting == "iwu" and not per_minibatch:
+                improvement = objective_change(logprobs, rows, old_logp, K, N, cfg)
             upd["seconds_improvement"] = time.perf_counter() - t1
-        # line 6: J_k, then z <- IWU (Subroutine 1)
-        update_weights(cfg, state, batch, batch.groups, improvement)
+        # line 6: z <- IWU (Subroutine 1) from I and J
+        update_weights(cfg, state, batch.groups, improvement)
         # log, evaluate, save
         z_next = task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
         totals = step_totals(batch)

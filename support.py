@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adv_std": ("unbiased", "population"),
     "xi_optimizer": ("adamw", "sgd", "adam"),
     "improvement_agg": ("mean", "sum"),
+    "iwu_every": ("step", "minibatch"),
 }
 
 AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
@@ -76,6 +77,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rho_decay": IN_0_1,
     "sec_temperature": ABOVE_0,
     "sec_decay": IN_0_1,
+    "accuracy_decay": IN_0_1,
 }
 
 # --help lists the flags in groups; each group starts at the field named here.
@@ -114,7 +116,8 @@ def parse_args(config_cls: type, presets: dict, methods: dict, argv: list[str] |
                                 "Explicit flags win over --method, which wins over --preset.")
     group = p.add_argument_group("run")
     group.add_argument("--preset", help="tiny (CPU demo; the default with --model tiny), exp1 or exp2 "
-                       "(the paper's, App. E)")
+                       "(the paper's, App. E), released (the released code's algorithm); several apply "
+                       "left to right: --preset exp1,released")
     group.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
     group.add_argument("--method", help="sets the method group below: mtgrpo (default), grpo, dapo, iwu, "
                        "rps, sec (Sec. 6)")
@@ -133,25 +136,29 @@ def parse_args(config_cls: type, presets: dict, methods: dict, argv: list[str] |
         group.add_argument(flag(f.name), **kind, default=argparse.SUPPRESS,
                            help=f"{f.metadata['help']} ({shown}{choices})".replace("%", "%%"))
     args = vars(p.parse_args(argv))
-    preset = args.pop("preset")
+    chosen = [p for p in (args.pop("preset") or "").split(",") if p]
     method = args.pop("method")
     if args.pop("list_tasks"):
         from tasks import describe_tasks
         print(describe_tasks())
         raise SystemExit(0)
     if args.get("resume"):  # continue with the checkpoint's config; explicit flags still win
-        if preset or method:
+        if chosen or method:
             raise ValueError("--preset and --method cannot go with --resume: a resumed run keeps its config "
                              "(set single flags)")
         ckpt, saved = read_checkpoint(args["resume"])  # the run goes on in the checkpoint's own directory
         return config_cls(**{**saved["config"], "out_dir": os.path.dirname(os.path.abspath(ckpt)), **args})
-    for name, value, allowed in (("--preset", preset, presets), ("--method", method, methods)):
+    for name, value, allowed in [*(("--preset", p, presets) for p in chosen), ("--method", method, methods)]:
         if value not in (None, *allowed):
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     model = args.get("model", defaults.model)  # the tiny testbed: by name, or a dir its warm start wrote
-    if preset is None and (model == "tiny" or os.path.isfile(os.path.join(model, "warm_start.json"))):
-        preset = "tiny"
-    values = {**asdict(defaults), **presets.get(preset, {}), **methods[method or "mtgrpo"], **args}
+    tiny_model = model == "tiny" or os.path.isfile(os.path.join(model, "warm_start.json"))
+    if tiny_model and not set(chosen) & {"tiny", "exp1", "exp2"}:
+        chosen.insert(0, "tiny")
+    values = asdict(defaults)
+    for p in chosen:
+        values.update(presets[p])
+    values = {**values, **methods[method or "mtgrpo"], **args}
     return config_cls(**values)
 
 
@@ -412,7 +419,7 @@ def loop_state_dict(state) -> dict[str, Any]:
     torch.load(weights_only=True)."""
     return {"xi": state.xi.detach().clone(), "xi_optimizer": state.xi_opt.state_dict(),
             "rho": torch.from_numpy(state.rho), "J": state.J.clone(), "sec_q": torch.from_numpy(state.sec_q),
-            "rng": state.rng.bit_generator.state, "step": state.step}
+            "rng": state.rng.bit_generator.state, "pools": state.pools, "step": state.step}
 
 
 def load_loop_state(state, saved: dict[str, Any]) -> None:
@@ -424,4 +431,5 @@ def load_loop_state(state, saved: dict[str, Any]) -> None:
     state.J = saved["J"]
     state.sec_q = saved["sec_q"].numpy()
     state.rng.bit_generator.state = saved["rng"]
+    state.pools = saved["pools"]
     state.step = int(saved["step"])

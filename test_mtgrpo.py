@@ -340,17 +340,17 @@ def test_sec_values_decay_for_a_task_left_out():
 
 
 def test_a_steps_rounds_draw_prompts_without_replacement():
-    """Within one step (one `used`), no prompt of a task is drawn twice while unused ones remain; a round that wants
+    """Within one step (one step_draws), no prompt of a task is drawn twice while unused ones remain; a round that wants
     more than remain draws from all of them again."""
     seen = []
     sample = lambda prompts, n: [seen.append(p) or (torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1)) for p in prompts]  # noqa: E731
     score = lambda examples, outs: [torch.tensor([1.0, 0.0]) for _ in outs]  # noqa: E731
     data = [(list(range(5)), [[i] for i in range(5)])]
-    rng, used = np.random.default_rng(0), [set()]
+    draw = M.step_draws(np.random.default_rng(0), 1)
     for count in (3, 2):
-        M.rollout_round(np.array([count]), data, sample, score, 2, "strict", rng, used)
+        M.rollout_round(np.array([count]), data, sample, score, 2, "strict", draw)
     assert sorted(p[0] for p in seen) == [0, 1, 2, 3, 4]
-    survivors, stats = M.rollout_round(np.array([4]), data, sample, score, 2, "strict", rng, used)
+    survivors, stats = M.rollout_round(np.array([4]), data, sample, score, 2, "strict", draw)
     assert len(seen) == 9 and stats["total"].tolist() == [8.0] and len(survivors[0]) == 4
 
 
@@ -734,9 +734,9 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
     no_grad = M.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats, used = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
+    stats, used, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
     assert torch.equal(no_grad * rows.mask, used * rows.mask)
-    stats, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
+    stats, _, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0
 
 
@@ -821,12 +821,12 @@ def test_flags_presets_and_booleans(capsys, tmp_path):
 
 
 def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
-    """Subroutine 2 in the loop on lambda J, as the released code: xi <- xi - beta (g + eta xi), g_k = z_k (lam J_k - z.lam J),
-    and no I_k pass.
+    """Subroutine 2 in the loop as the paper writes it: xi <- xi - beta (g + eta xi), g_k = z_k (J_k - z.J), no
+    lambda and no I_k pass (lam is set to 0.7 to show that it is not used).
     sum(xi) starts at 0 and the step keeps it there, so xi = log z - mean(log z); the logged z and
     z_next must then satisfy log z_next - log z = -beta (g + eta xi) up to a constant."""
     beta, eta = 2.0, 0.05
-    cfg = _cfg(tmp_path, weighting="reward_l2", xi_optimizer="sgd", xi_lr=beta, eta=eta, steps=4)
+    cfg = _cfg(tmp_path, weighting="reward_l2", xi_optimizer="sgd", xi_lr=beta, eta=eta, steps=4, lam=0.7)
     M.train(cfg)
     train = [r for r in _log(cfg) if r.get("kind") == "train"]
     for r, nxt in zip(train, train[1:]):
@@ -835,18 +835,18 @@ def test_reward_l2_ablation_takes_the_papers_plain_step(tmp_path):
         assert r["I"] == [0.0, 0.0, 0.0]
         z, J = np.array(r["z"]), np.array(r["J"])
         xi = np.log(z) - np.log(z).mean()
-        shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (cfg.lam * J - z @ (cfg.lam * J)) + eta * xi)
+        shift = np.log(r["z_next"]) - np.log(z) + beta * (z * (J - z @ J) + eta * xi)
         assert np.ptp(shift) < 1e-5, shift
     assert max(abs(a - b) for r in train for a, b in zip(r["z"], r["z_next"])) > 1e-3   # z did move
 
 
 def test_reward_l2_with_adam_as_the_released_code(tmp_path):
-    """--xi-optimizer adam: Subroutine 2 as the released code runs it, Adam with weight decay eta on lam J. From xi_0 = 0
+    """--xi-optimizer adam: Subroutine 2 as the released code runs it, Adam with weight decay eta. From xi_0 = 0
     Adam's first step is -lr g / (|g| + eps) (the decay term eta xi_0 is 0), so centred log z_next = -lr sign(g), centred."""
     cfg = _cfg(tmp_path, weighting="reward_l2", xi_optimizer="adam", eta=0.01, steps=1)
     M.train(cfg)
     r = next(x for x in _log(cfg) if x["kind"] == "train")
-    z, lj = np.array(r["z"]), cfg.lam * np.array(r["J"])
+    z, lj = np.array(r["z"]), np.array(r["J"])
     step = -cfg.xi_lr * (g := z * (lj - z @ lj)) / (np.abs(g) + 1e-8)
     log_z = np.log(r["z_next"])
     assert np.ptp(g) > 0 and np.allclose(log_z - log_z.mean(), step - step.mean(), atol=2e-4)

@@ -409,7 +409,7 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     def step_delta(opt, autocast: bool):
         ctx = bf16() if autocast else torch.autocast("cpu", enabled=False)
         with ctx:
-            stats, used_old = M.grpo_update(logprobs, opt, rows, idx, None, micro_batch_size=8)
+            stats, used_old, _ = M.grpo_update(logprobs, opt, rows, idx, None, micro_batch_size=8)
         delta = torch.cat([(p.detach() - s).flatten() for p, s in zip(params, start)])
         with torch.no_grad():
             for p, s in zip(params, start):

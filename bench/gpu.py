@@ -138,7 +138,7 @@ def main() -> None:
         rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)
         upd, old_logp = M.policy_update(logprobs, opt, rows, N, cfg)
         t_imp = time.perf_counter()
-        improvement = M.objective_change(logprobs, rows, old_logp, K, cfg)
+        improvement = M.objective_change(logprobs, rows, old_logp, K, N, cfg)
         upd["seconds_improvement"] = time.perf_counter() - t_imp
         t_updated = time.perf_counter()
         # random J: IWU's cost, not its values

@@ -31,7 +31,7 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
     ("lenient_keeps_constant", "rewards.min(dim=1).values) > 1e-6", "rewards.min(dim=1).values) >= 0"),
     ("mask_drops_first_eos", "torch.cumsum(is_eos, dim=1) - is_eos == 0", "torch.cumsum(is_eos, dim=1) == 0"),
-    ("logprobs_times_temperature", "torch.float32)) / temperature  # bf16", "torch.float32)) * temperature  # bf16"),
+    ("logprobs_times_temperature", "weight.float().T / temperature", "weight.float().T * temperature"),
     ("surrogate_max_not_min", "return torch.minimum(ratio * a, torch.clamp(", "return torch.maximum(ratio * a, torch.clamp("),
     ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
     ("loss_sign_flipped", "loss = -total / max(float(count), 1.0)", "loss = total / max(float(count), 1.0)"),
@@ -56,6 +56,25 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("micro_batch_own_normalizer", "normalizer=normalizer)", "normalizer=None)"),
     ("stale_pi_old", "None if j == 0 else old_logp[mb],", "None,"),
     ("xi_adamw_ascends", "[kind]([xi], lr, weight_decay=decay)", "[kind]([xi], lr, weight_decay=decay, maximize=True)"),
+    # fidelity (issue 21): Eq. 8's sign in the step, J from every rollout, the released pieces, precision
+    ("improvement_sign_in_step", "return task_improvement(before, after, cfg.improvement_clip)",
+     "return task_improvement(after, before, cfg.improvement_clip)"),
+    ("accuracy_from_survivors", "rounds = batch.stats if cfg.accuracy_decay > 0 else [step_totals(batch)]",
+     "rounds = batch.stats if cfg.accuracy_decay > 0 else [dict(correct=np.bincount(batch.tasks, "
+     "[float((g.rewards == 1.0).sum()) for g in batch.groups], len(state.J)), total=np.bincount(batch.tasks, "
+     "[float(len(g.rewards)) for g in batch.groups], len(state.J)))]"),
+    ("accuracy_ema_swapped", "cfg.accuracy_decay * state.J[sampled] + (1 - cfg.accuracy_decay) * accuracy",
+     "(1 - cfg.accuracy_decay) * state.J[sampled] + cfg.accuracy_decay * accuracy"),
+    ("pool_refill_drops_rest", "pools[k] += rng.permutation(size).tolist()", "pools[k] = rng.permutation(size).tolist()"),
+    ("minibatch_iwu_reversed", "minibatch_improvement = task_improvement(before, after, cfg.improvement_clip)",
+     "minibatch_improvement = task_improvement(after, before, cfg.improvement_clip)"),
+    ("subroutine2_with_lambda", "xi.grad = reward_l2_gradient(z, accuracy, xi.detach(), 0.0)",
+     "xi.grad = reward_l2_gradient(z, lam * accuracy, xi.detach(), 0.0)"),
+    ("bf16_lm_head", "with torch.autocast(h_c.device.type, enabled=False):", "with contextlib.nullcontext():"),
+    ("pi_old_across_minibatches", "    for mb in parts[1:]:  # none with one minibatch: its own forward is pi_old\n"
+     "        old_logp[mb] = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)",
+     "    later = [i for mb in parts[1:] for i in mb]\n"
+     "    old_logp[later] = batch_logprobs(logprobs, rows, later, cfg.micro_batch_size)"),
     ("sec_times_temperature", "logits = q / temperature - np.max(q) / temperature",
      "logits = q * temperature - np.max(q) * temperature"),
 ]
@@ -68,7 +87,7 @@ def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[
         return "STALE", f"its text occurs {source.count(old)} times in mtgrpo.py", 0.0
     with tempfile.TemporaryDirectory() as d:
         for item in ("models.py", "tasks.py", "verify.py", "support.py", "speedups.py", "test_mtgrpo.py",
-                     "test_tasks.py", "bench", "README.md"):
+                     "test_tasks.py", "test_fidelity.py", "bench", "README.md"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))
         with open(os.path.join(d, "mtgrpo.py"), "w") as f:
@@ -88,7 +107,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--only", default="", help="run the mutants whose name contains this")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
-    ap.add_argument("--tests", nargs="*", default=["test_mtgrpo.py"], help="pytest arguments (default: test_mtgrpo.py)")
+    ap.add_argument("--tests", nargs="*", default=["test_mtgrpo.py", "test_fidelity.py"],
+                    help="pytest arguments (default: test_mtgrpo.py test_fidelity.py)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
     a = ap.parse_args()
     chosen = [m for m in MUTANTS if a.only in m[0]]

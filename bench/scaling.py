@@ -79,7 +79,7 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
         rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", tok.pad_token_id)
         upd, old_logp = M.policy_update(logprobs, opt, rows, N, cfg)
         t_imp = time.perf_counter()
-        improvement = M.objective_change(logprobs, rows, old_logp, K, cfg)
+        improvement = M.objective_change(logprobs, rows, old_logp, K, N, cfg)
         upd["seconds_improvement"] = time.perf_counter() - t_imp
         M.update_task_weights(xi, xi_opt, improvement, J, "iwu", cfg.lam)
         total = time.perf_counter() - t0

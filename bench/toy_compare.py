@@ -68,6 +68,9 @@ VARIANTS = {  # run-directory prefix -> Config overrides
     f"mtgrpo_lam{LAM_HI}": dict(METHODS["mtgrpo"], lam=LAM_HI),
     f"mtgrpo_lam{LAM_LO}_noaas": dict(METHODS["mtgrpo"], lam=LAM_LO, inflate=False),
 }
+RELEASED = {  # --released: claim (d) again, under the released code's algorithm (mtgrpo.PRESETS["released"])
+    f"mtgrpo_lam{lam}_released": dict(METHODS["mtgrpo"], **mtgrpo.PRESETS["released"], lam=lam)
+    for lam in (LAM_LO, LAM_HI)}
 FULL = dict(steps=50, eval_every=10, eval_prompts=200, eval_k=8)
 QUICK = dict(steps=4, eval_every=2, eval_prompts=16, eval_k=2)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -90,7 +93,7 @@ def t975(df: int) -> float:
 
 def config_for(name: str, seed: int, budget: dict, out: str) -> mtgrpo.Config:
     """The tiny preset, the budget, then the variant's overrides."""
-    base = {**asdict(mtgrpo.Config()), **mtgrpo.PRESETS["tiny"], **budget, **VARIANTS[name]}
+    base = {**asdict(mtgrpo.Config()), **mtgrpo.PRESETS["tiny"], **budget, **{**VARIANTS, **RELEASED}[name]}
     return mtgrpo.Config(**{**base, "model": "tiny", "seed": seed, "out_dir": os.path.join(out, f"{name}_s{seed}"), "overwrite": True})
 
 
@@ -186,6 +189,16 @@ def claims(m: dict[str, list[dict]]) -> list[dict]:
     return [dict(claim=c, d=d, verdict=judge(d, side)[0], numbers=judge(d, side)[1]) for c, d, side in out]
 
 
+def released_claims(m: dict[str, list[dict]]) -> list[dict]:
+    """Claim (d) under the released code's algorithm, by the same paired rule."""
+    lo, hi = f"mtgrpo_lam{LAM_LO}_released", f"mtgrpo_lam{LAM_HI}_released"
+    out = []
+    for key, side, what in (("worst", +1, "raises worst-task"), ("avg", -1, "lowers average")):
+        d = [x[key] - y[key] for x, y in zip(m[hi], m[lo])]
+        out.append((f"(d, released) larger lambda ({LAM_HI} vs {LAM_LO}) {what} accuracy", d, side))
+    return [dict(claim=c, d=d, verdict=judge(d, side)[0], numbers=judge(d, side)[1]) for c, d, side in out]
+
+
 def preconditions(dapo: list[dict], tasks_: list[str]) -> str:
     """The testbed's preconditions, from uniform-weight DAPO alone: start accuracy, early filter rate, end accuracy."""
     lines = ["testbed preconditions (DAPO, uniform weights; mean +- sd over seeds):",
@@ -249,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 4 steps, 16 test prompts x 2 samples")
     p.add_argument("--reuse", action="store_true", help="skip runs whose directory holds a finished log of the same config")
+    p.add_argument("--released", action="store_true", help="only claim (d), lambda 1.0 vs 0.2 under --preset released")
     args = p.parse_args(argv)
     budget = dict(QUICK if args.quick else FULL)
     seeds = list(range(args.seeds if args.seeds is not None else 1 if args.quick else 32))
@@ -261,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     t0 = time.perf_counter()
-    cfgs = {(n, s): config_for(n, s, budget, args.out) for s in seeds for n in VARIANTS}
+    names = list(RELEASED) if args.released else list(VARIANTS)
+    cfgs = {(n, s): config_for(n, s, budget, args.out) for s in seeds for n in names}
     todo = [c for c in cfgs.values() if not (args.reuse and finished(c))]
     print(f"{len(cfgs)} runs ({len(cfgs) - len(todo)} reused), {args.workers} workers; warm-starting {len(seeds)} seed(s) first", flush=True)
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -269,7 +284,16 @@ def main(argv: list[str] | None = None) -> int:
         for i, wall in enumerate(pool.imap(train_quietly, todo), 1):
             print(f"[{i}/{len(todo)}] {os.path.basename(todo[i - 1].out_dir)}: {wall:.0f} s, total {time.perf_counter() - t0:.0f} s", flush=True)
 
-    runs = {n: [plot.load_run(cfgs[n, s].out_dir) for s in seeds] for n in VARIANTS}
+    runs = {n: [plot.load_run(cfgs[n, s].out_dir) for s in seeds] for n in names}
+    if args.released:
+        m = {n: [run_metrics(r) for r in runs[n]] for n in names}
+        text = "\n".join([table(m, {n: n for n in names}), "", "claims (paired difference per seed: mean [95% CI]):"]
+                         + [f"  {c['verdict']:12s} {c['numbers']}  {c['claim']}" for c in released_claims(m)]
+                         + [f"wall time {time.perf_counter() - t0:.0f} s"])
+        print(text)
+        with open(os.path.join(args.out, "table_released.txt"), "w") as f:
+            f.write(text + "\n")
+        return 0
     tasks_, labels = runs["dapo"][0].tasks, {n: runs[n][0].label for n in VARIANTS}
     m = {n: [run_metrics(r) for r in runs[n]] for n in VARIANTS}
     checked = claims(m)

@@ -55,18 +55,18 @@ def main() -> None:
 
     def sample_round(counts: np.ndarray):
         survivors, stats = M.rollout_round(counts, train_sets, sample, score_rollouts, N, cfg.filter,
-                                           state.rng, sample_round.used)
+                                           sample_round.draw)
         if talk["on"]:
             kept = [len(s) for s in survivors]
             print(f"  round: draws {counts.tolist()} -> survivors {kept}")
         return survivors, stats
 
     def grpo_update(*args, **kwargs):
-        stats, old = plain_update(*args, **kwargs)
+        stats, old, logp = plain_update(*args, **kwargs)
         if talk["on"]:
             print(f"  minibatch of {len(args[3]) // N} groups: loss {stats['loss']:+.4f}, "
                   f"grad norm {stats['grad_norm']:.3f}, ratio mean {stats['ratio_mean']:.4f}")
-        return stats, old
+        return stats, old, logp
 
     plain_update = M.grpo_update
     M.grpo_update = grpo_update  # policy_update calls the module's grpo_update: this one listens in
@@ -81,8 +81,9 @@ def main() -> None:
             print(f"Alg. 2  rho (filter rates) = {fmt(state.rho)}")
             print(f"        inflation m = min(1/(1-rho), M_acc) = {fmt(m)}")
             print(f"line 3  RP sampler (Algorithm 2), M_os B = {int(cfg.os_factor * B)} prompts per round:")
-        sample_round.used = [set() for _ in range(K)]
+        sample_round.draw = M.step_draws(state.rng, K)
         z, batch = M.draw_batch(cfg, state, B, sample_round)
+        M.update_accuracy(cfg, state, batch)
         rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)
         if talk["on"]:
             print(f"  targets n ~ Mult(B, z) = {batch.targets}; rho after the rounds = {fmt(batch.rho)}")
@@ -95,16 +96,14 @@ def main() -> None:
             print(f"                  advantages (Eq. 11) {fmt(adv)}")
             print("line 4  GRPO updates (Eq. 13), one optimizer step per minibatch:")
         upd, old_logp = M.policy_update(logprobs, opt, rows, N, cfg)
-        improvement = M.objective_change(logprobs, rows, old_logp, K, cfg)
-        totals = M.step_totals(batch)
-        accuracy = torch.from_numpy(totals["correct"] / totals["total"]).float()
+        improvement = M.objective_change(logprobs, rows, old_logp, K, N, cfg)
         if talk["on"]:
             print(f"line 5  I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t), clipped (Eq. 8) = "
                   f"{fmt(improvement)}")
-            print(f"line 6  J_k = this step's accuracy, before the filter = {fmt(accuracy)}")
-            g = M.iwu_gradient(torch.from_numpy(z).float(), improvement, accuracy, cfg.lam)
+            print(f"line 6  J_k = this step's accuracy, before the filter = {fmt(state.J)}")
+            g = M.iwu_gradient(torch.from_numpy(z).float(), improvement, state.J, cfg.lam)
             print(f"        IWU gradient g_k = z_k (s_k - z.s), s = I + lambda J (Subroutine 1) = {fmt(g)}")
-        M.update_weights(cfg, state, batch, batch.groups, improvement)
+        M.update_weights(cfg, state, batch.groups, improvement)
         if talk["on"]:
             z_next = M.task_weights(cfg.weighting, state.xi, state.sec_q, cfg.sec_temperature)
             print(f"        xi <- AdamW step on g = {fmt(state.xi.detach())}; new z = {fmt(z_next)}")

@@ -59,6 +59,10 @@ class MTGRPOConfig(GRPOConfig):
     xi_weight_decay: float = _ref("xi_weight_decay")
     improvement_clip: float = _ref("improvement_clip")
     improvement_agg: str = _ref("improvement_agg")
+    accuracy_decay: float = _ref("accuracy_decay")
+    prompt_pools: bool = _ref("prompt_pools")
+    iwu_every: str = field(default="step", metadata={"help": "step only: the released code's per-minibatch IWU "
+                                                      "runs in mtgrpo.py (--iwu-every minibatch)"})
     os_factor: float = _ref("os_factor")
     max_resample_rounds: int = _ref("max_resample_rounds")
     acc_cap: float = _ref("acc_cap")
@@ -79,6 +83,9 @@ class MTGRPOConfig(GRPOConfig):
         for name in ("sampler", "weighting", "filter", "xi_optimizer", "improvement_agg", "adv_std"):
             if getattr(self, name) not in support.CHOICES[name]:
                 raise ValueError(f"{name} must be one of {support.CHOICES[name]}, got {getattr(self, name)!r}")
+        if self.iwu_every != "step":
+            raise ValueError("iwu_every must be 'step' in the TRL integration; the released code's per-minibatch "
+                             "IWU step runs in mtgrpo.py (--iwu-every minibatch)")
         if self.weighting == "reward_l2" and self.xi_optimizer == "adamw":
             raise ValueError("weighting reward_l2 puts eta xi on the gradient: set xi_optimizer sgd (the paper) or adam")
         super().__post_init__()
@@ -193,10 +200,13 @@ class MTGRPOTrainer(GRPOTrainer):
     def _sample_batch(self) -> list[dict[str, Any]]:
         a, t0 = self.args, time.perf_counter()
         self._rounds, self._kept, self._filler, self._seconds_gen = [], {}, None, 0.0
-        used = [set() for _ in self.task_names]
+        if a.prompt_pools:  # the released code: without replacement across steps, refilled below M_os B
+            draw = mtgrpo.pool_draws(self.mt.rng, self.mt.pools, int(round(a.os_factor * self.B)))
+        else:
+            draw = mtgrpo.step_draws(self.mt.rng, len(self.task_names))
         def sample_round(counts: np.ndarray):
             survivors, stats = mtgrpo.rollout_round(counts, self._pools, self._generate_round, self._round_rewards,
-                                                    self.num_generations, a.filter, self.mt.rng, used)
+                                                    self.num_generations, a.filter, draw)
             self._keep_local(survivors)
             return survivors, stats
         z, batch = mtgrpo.draw_batch(a, self.mt, self.B, sample_round)  # Algorithm 1, lines 2-3
@@ -324,7 +334,8 @@ class MTGRPOTrainer(GRPOTrainer):
         a, p, self._pending = self.args, self._pending, None
         t0, batch, K, N = time.perf_counter(), p["batch"], len(self.task_names), self.num_generations
         improvement = self._improvement(p) if a.weighting == "iwu" else torch.zeros(K)  # line 5, Eq. 8
-        mtgrpo.update_weights(a, self.mt, batch, p["groups"], improvement)  # line 6: J, then xi (or SEC's Q)
+        mtgrpo.update_accuracy(a, self.mt, batch)  # J_k
+        mtgrpo.update_weights(a, self.mt, p["groups"], improvement)  # line 6: xi (or SEC's Q)
         used = len(p["groups"])
         rec = {"step": self.mt.step, "z": p["z"].tolist(), "targets": batch.targets, "shares": (np.bincount([g.task for g in p["groups"]],
                minlength=K) / max(used, 1)).tolist(), "rho": batch.rho.tolist(), "J": self.mt.J.tolist(), "I": improvement.tolist(),
