@@ -7,7 +7,7 @@ three families at its difficulty levels, `rg:<dataset>` for any reasoning-gym da
     rg:arc_1d:{easy,medium,hard,very_hard}          rows of 10/20/30/40 cells, 3 training examples
     rg:<dataset>                                    e.g. rg:basic_arithmetic; scored by its own score_answer
 
-The configs are the paper's (checked against its released parquet files). The question is the item's own,
+The configs are issue 22's table of the paper's (not re-checked here). The question is the item's own,
 plus one line asking for the answer in \\boxed{}; make_prompt wraps it like the built-in tasks. The three
 families are scored by verify.py's own parsers (countdown with the item's numbers and target, zebra by name,
 ARC by cells); any other dataset by its score_answer inside sandbox.py's worker (verifier "rg"): some parse

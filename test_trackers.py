@@ -5,6 +5,7 @@ import glob
 import json
 import sqlite3
 import struct
+import sys
 
 import pytest
 
@@ -116,10 +117,13 @@ def test_wandb_offline_run_reads_back(tmp_path, monkeypatch):
 
 
 def test_trackio_local_store_reads_back(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "store"))   # read when trackio is imported: set it first
     monkeypatch.setenv("TRACKIO_PROJECT", "mtgrpo-test")
     pytest.importorskip("trackio", reason="pip install -r requirements-trackers.txt")
     from trackio.sqlite_storage import SQLiteStorage
+
+    for module in [m for name, m in sys.modules.items() if name.split(".")[0] == "trackio"]:
+        if hasattr(module, "TRACKIO_DIR"):   # read from $TRACKIO_DIR once, at import (TRL may import trackio)
+            monkeypatch.setattr(module, "TRACKIO_DIR", tmp_path / "store")
 
     log_run("trackio", str(tmp_path))
     db_path = SQLiteStorage.get_project_db_path("mtgrpo-test")
