@@ -24,8 +24,8 @@ def _groups(tok, n_prompts: int, N: int, seed: int = 0) -> list:
     for j in range(n_prompts):
         resp = torch.randint(2, 90, (N, 6), generator=g)
         rewards = torch.tensor([1.0 if i % 2 == j % 2 else 0.0 for i in range(N)])
-        groups.append(M.Group(j % 2, tok(f"copy {'abcdefgh'[j]}:")["input_ids"], resp, M.response_mask(resp, [1]),
-                              rewards))
+        prompt = tok(f"copy {'abcdefgh'[j]}:")["input_ids"]
+        groups.append(M.Group(j % 2, prompt, resp, M.response_mask(resp, [1]), rewards))
     return groups
 
 
@@ -70,10 +70,10 @@ def test_policy_logprobs_under_bf16_autocast_stay_near_fp32(tiny):
 
 
 def test_ratio_is_exactly_one_at_theta_t_under_bf16_autocast(tiny):
-    """With the policy's lr at 0 every minibatch runs at theta_t. pi_old of minibatches 2.. and the I_k pass use
-    the update's own micro-batch shapes, so under bf16 autocast each minibatch's forward equals its pi_old bit
-    for bit (ratio exactly 1) and I_k is exactly 0. minibatch_size * N = 2 x 6 = 12 rows is not a multiple of
-    the micro-batch size 5, so a pass over the concatenated minibatches would cut other micro-batches."""
+    """With the policy's lr at 0 every minibatch runs at theta_t. pi_old of minibatches 2.. and the I_k pass
+    use the update's own micro-batch shapes, so under bf16 autocast each minibatch's forward equals its pi_old
+    bit for bit (ratio exactly 1) and I_k is exactly 0. minibatch_size * N = 2 x 6 = 12 rows is not a multiple
+    of the micro-batch size 5, so a pass over the concatenated minibatches would cut other micro-batches."""
     model, tok = tiny
     N = 6
     rows = M.flatten_groups(_groups(tok, 6, N), True, tok.pad_token_id)
@@ -82,7 +82,8 @@ def test_ratio_is_exactly_one_at_theta_t_under_bf16_autocast(tiny):
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)
     seen = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, old_logp = M.policy_update(logprobs, opt, rows, N, cfg, lambda mb, logp, old: seen.append((logp, old)))
+        hook = lambda mb, logp, old: seen.append((logp, old))  # noqa: E731
+        _, old_logp = M.policy_update(logprobs, opt, rows, N, cfg, hook)
         improvement = M.objective_change(logprobs, rows, old_logp, 2, N, cfg)
     assert len(seen) == 3
     for logp, old in seen:
@@ -95,7 +96,7 @@ def test_ratio_is_exactly_one_at_theta_t_under_bf16_autocast(tiny):
 
 
 def test_subroutine2_sgd_steps_hand_computed():
-    """xi <- xi - beta (g + eta xi), g_k = z_k (J_k - z.J), no lambda. beta 1, eta 0.1, J = (0.2, 0.6), xi_0 = 0:
+    """xi <- xi - beta (g + eta xi), g_k = z_k (J_k - z.J), no lambda; beta 1, eta 0.1, J = (0.2, 0.6).
     step 1: z = (.5, .5), z.J = 0.4, g = (-0.1, 0.1), xi_1 = (0.1, -0.1);
     step 2: z = softmax(0.1, -0.1) = (0.549834, 0.450166), z.J = 0.380067,
             g + eta xi = (0.549834 (0.2 - 0.380067) + 0.01, 0.450166 (0.6 - 0.380067) - 0.01),
@@ -166,7 +167,8 @@ def test_accuracy_counts_every_rollout_not_only_the_trained_groups():
     """J_k is the accuracy of all of the step's rollouts before the filter: 1 of 8 here, although the one
     group that survived (and is trained on) has 1 of 2 correct."""
     batch = _batch_with_rounds([([1.0, 0.0], [8.0, 0.0])])
-    batch.groups = [M.Group(0, [3], torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1), torch.tensor([1.0, 0.0]))]
+    response = torch.zeros(2, 1, dtype=torch.long)
+    batch.groups = [M.Group(0, [3], response, torch.ones(2, 1), torch.tensor([1.0, 0.0]))]
     batch.tasks = [0]
     cfg = M.Config()
     state = M.start_state(2, cfg, 0)
@@ -177,10 +179,11 @@ def test_accuracy_counts_every_rollout_not_only_the_trained_groups():
 def test_minibatch_iwu_hand_computed():
     """The released IWU step after a minibatch: two task-0 responses of 2 tokens, A = (1, -1), pi_old = 1.
     Before (its training forward): ratio 1, per-response means (1, -1), summed: 0. After: ratios 1.1 and 0.9,
-    surrogates min(r A, clip(r) A) = (1.1, -0.9), summed: 0.2; c = 1 keeps I = (0.2, 0). With J = 0, z = (.5, .5):
-    s = I, g = z (s - z.s) = (0.05, -0.05); Adam's first step is -lr sign(g): xi = (-0.025, 0.025)."""
-    rows = M.Rows([[5], [5]], torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2), torch.tensor([1.0, -1.0]),
-                  torch.tensor([0, 0]))
+    surrogates min(r A, clip(r) A) = (1.1, -0.9), summed: 0.2; c = 1 keeps I = (0.2, 0).
+    With J = 0, z = (.5, .5): s = I, g = z (s - z.s) = (0.05, -0.05); Adam's first step is -lr sign(g):
+    xi = (-0.025, 0.025)."""
+    responses = torch.zeros(2, 2, dtype=torch.long)
+    rows = M.Rows([[5], [5]], responses, torch.ones(2, 2), torch.tensor([1.0, -1.0]), torch.tensor([0, 0]))
     new = torch.log(torch.tensor([[1.1, 1.1], [0.9, 0.9]]))
     cfg = M.Config(improvement_agg="sum", improvement_clip=1.0, xi_optimizer="adam", xi_lr=0.025,
                    xi_weight_decay=0.0, lam=0.2)
@@ -193,9 +196,10 @@ def test_minibatch_iwu_hand_computed():
 
 
 def test_xi_adam_is_coupled_l2_as_the_released_code():
-    """torch.optim.Adam's weight decay is added to the gradient (coupled L2; the released code's xi optimizer),
-    AdamW's is applied to the weight. From xi = (1, 0), g = (-0.01, 0), decay 0.1, lr 0.1: Adam sees
-    g + 0.1 xi = (0.09, 0), steps -lr sign: xi_0 = 0.9; AdamW steps +lr and decays: 1 (1 - 0.01) + 0.1 = 1.09."""
+    """torch.optim.Adam's weight decay is added to the gradient (coupled L2; the released code's xi
+    optimizer), AdamW's is applied to the weight. From xi = (1, 0), g = (-0.01, 0), decay 0.1, lr 0.1: Adam
+    sees g + 0.1 xi = (0.09, 0), steps -lr sign: xi_0 = 0.9; AdamW steps +lr and decays:
+    1 (1 - 0.01) + 0.1 = 1.09."""
     for kind, expect in (("adam", 0.9), ("adamw", 1.09)):
         xi = torch.tensor([1.0, 0.0], requires_grad=True)
         opt = M.xi_optimizer(xi, kind, 0.1, 0.1, "iwu", 0.0)
@@ -223,3 +227,37 @@ def test_improvement_is_positive_when_the_update_ascends_the_objective(tiny):
     finally:
         model.load_state_dict(saved)
     assert (improvement > 0).all(), improvement
+
+
+def test_released_iwu_passes_over_as_many_rows_as_the_per_step_pass(tiny):
+    """The released code's per-minibatch I_k costs one no-grad pass over each minibatch's rows after its
+    update: as many rows in all as the default's one I_k pass after the last update (plus, in both, pi_old for
+    minibatches 2..). Counted at the log-prob function: 6 groups x N = 4 in minibatches of 2 groups."""
+    model, tok = tiny
+    N = 4
+    rows = M.flatten_groups(_groups(tok, 6, N, seed=5), True, tok.pad_token_id)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    counted = {}
+    try:
+        for every in ("step", "minibatch"):
+            cfg = M.Config(minibatch_size=2, micro_batch_size=8, iwu_every=every, improvement_agg="sum")
+            state = M.start_state(2, cfg, 0)
+            seen = []
+
+            def logprobs(prompts, responses):
+                if not torch.is_grad_enabled():
+                    seen.append(len(prompts))
+                return M.policy_logprobs(model, prompts, responses, tok.pad_token_id)
+
+            hook = None
+            if every == "minibatch":
+                hook = M.minibatch_iwu(logprobs, rows, 2, cfg, state, torch.zeros(2))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            _, old_logp = M.policy_update(logprobs, opt, rows, N, cfg, hook)
+            if every == "step":
+                M.objective_change(logprobs, rows, old_logp, 2, N, cfg)
+            counted[every] = sum(seen)
+            model.load_state_dict(saved)
+    finally:
+        model.load_state_dict(saved)
+    assert counted["step"] == counted["minibatch"] == 16 + 24  # pi_old of minibatches 2-3; every row once
