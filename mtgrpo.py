@@ -83,8 +83,9 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Ten
     def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
         # fp32 even under bf16 autocast: bf16 logits of magnitude 20-30 are off by up to ~0.06 nat, an error that
         # would enter every ratio and I_k (~1e-3 per token). Only the (C, V) chunk is ever fp32 at once.
+        dtype = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 where the weights are
         with torch.autocast(h_c.device.type, enabled=False):
-            logits = h_c.float() @ weight.float().T / temperature  # (C, V) <- the big one, a chunk at a time
+            logits = h_c.to(dtype) @ weight.to(dtype).T / temperature  # (C, V) <- the big one, a chunk at a time
             return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
 
     C = chunk_size

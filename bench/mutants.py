@@ -31,7 +31,7 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
     ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
     ("lenient_keeps_constant", "rewards.min(dim=1).values) > 1e-6", "rewards.min(dim=1).values) >= 0"),
     ("mask_drops_first_eos", "torch.cumsum(is_eos, dim=1) - is_eos == 0", "torch.cumsum(is_eos, dim=1) == 0"),
-    ("logprobs_times_temperature", "weight.float().T / temperature", "weight.float().T * temperature"),
+    ("logprobs_times_temperature", "weight.to(dtype).T / temperature", "weight.to(dtype).T * temperature"),
     ("surrogate_max_not_min", "return torch.minimum(ratio * a, torch.clamp(", "return torch.maximum(ratio * a, torch.clamp("),
     ("clip_high_uses_eps_low", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a)", "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_low) * a)"),
     ("loss_sign_flipped", "loss = -total / max(float(count), 1.0)", "loss = total / max(float(count), 1.0)"),
