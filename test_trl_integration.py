@@ -407,25 +407,30 @@ def chat_dir(tmp_path_factory):
     return path
 
 
-def test_stop_ids_and_special_tokens_as_mtgrpo(chat_dir, tmp_path):
-    """For every prompt style the trainer stops where mtgrpo.py does (models.stop_token_ids): chat style
-    forced on a base model adds <|im_end|>. A templated prompt is tokenized as mtgrpo.py does: one BOS (the
-    template's), where TRL's default would add a second; an r1 prompt gets none."""
+def test_stop_ids_for_every_prompt_style(chat_dir, tmp_path):
+    """For every prompt style the trainer stops where mtgrpo.py does (models.stop_token_ids), in its masks and
+    in HF generate: chat style forced on a base model adds <|im_end|>; r1, plain and auto (r1 here) do not."""
     import models
-    from tasks import load_task, make_prompt
-    im_end = None
     for style in ("r1", "chat", "plain", "auto"):
         tr = make_trainer(chat_dir, tmp_path / style, max_steps=2, prompt_style=style)
         tok, model = tr.processing_class, tr.model
-        im_end, bos = tok.convert_tokens_to_ids("<|im_end|>"), tok.bos_token_id
         want = models.stop_token_ids(model, tok, models.prompt_style(style, model, tok))
         assert sorted(tr.eos_token_ids) == want == sorted(tr.generation_config.eos_token_id)
-        assert (im_end in want) == (style == "chat") and 1 in want
+        assert (tok.convert_tokens_to_ids("<|im_end|>") in want) == (style == "chat") and 1 in want
+
+
+def test_no_second_bos(chat_dir, tmp_path):
+    """A templated prompt is tokenized as mtgrpo.py does: one BOS (the template's), where TRL's default
+    (add_special_tokens=True) would add a second; an r1 prompt gets none."""
+    from tasks import load_task, make_prompt
+    tr = make_trainer(chat_dir, tmp_path, max_steps=2, prompt_style="chat")
+    tok = tr.processing_class
+    bos = tok.bos_token_id
     ex = load_task("countdown_easy", n_train=2, n_test=1, seed=0)[0][0]
     text = make_prompt(ex, "chat", tok)
     ids = tr._tokenize_prompts([text])[0][0]
     assert ids == tok(text, add_special_tokens=False)["input_ids"] and ids[0] == bos and ids.count(bos) == 1
-    assert tok(text)["input_ids"].count(bos) == 2  # what add_special_tokens=True would have sent to the model
+    assert tok(text)["input_ids"].count(bos) == 2  # what TRL's own tokenization would send to the model
     r1 = make_prompt(ex, "r1", tok)
     r1_ids = tr._tokenize_prompts([r1])[0][0]
     assert r1_ids == tok(r1, add_special_tokens=False)["input_ids"] and bos not in r1_ids
@@ -475,6 +480,8 @@ def test_steps_count_mtgrpo_steps_and_the_readme_command_trains_720():
     assert cfg.loss_normalizer == "minibatch" and cfg.adam_beta2 == 0.99 and cfg.epsilon_high == 0.28
     assert cfg.save_steps % 4 == 0 and cfg.eval_steps % 4 == 0 and cfg.eval_on_start and cfg.eval_k == 8
     assert script.tasks == "countdown_medium,zebra_medium,arc1d_medium" and cfg.prompt_style == "r1"
+    assert cfg.per_device_eval_batch_size // cfg.eval_k == 3 * script.eval_prompts // 8 == 75  # a call a rank
+    assert -(-round(cfg.os_factor * 32) // 8) * cfg.num_generations == 864  # vLLM's max_num_seqs (README)
     small = dict(output_dir="/tmp/x", use_cpu=True, report_to="none", per_device_train_batch_size=8,
                  num_generations=4, steps_per_generation=2)
     assert MTGRPOConfig(**small, mtgrpo_steps=3).max_steps == 6

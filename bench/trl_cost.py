@@ -17,11 +17,12 @@ fell short of its target n_k).
 A step is timed from on_step_begin to on_step_end, the timer registered last so MT-GRPO's end-of-step work (I_k, IWU)
 is inside. Step 1 is warm-up. Trust figures only when `other_processes_cpu` is about 0.
 
---vllm-mock measures what TRL's old-log-prob pass costs the MT-GRPO side when vLLM generates: vLLM is mocked at
-GRPOTrainer.vllm_generation as the tests mock it (HF generate on a copy of the weights, synced per step), so TRL runs
-its importance-sampling correction and with it a no-grad pass over the rows of every round. The reward is binary
-(1.0 for at least two 'a's, about 15% of W1's random completions) with the strict filter, so groups get filtered.
-The pass skips the filter's dropped rows; --no-filter-skip restores TRL's pass over every row, for comparison.
+--vllm-mock measures what TRL's old-log-prob pass costs the MT-GRPO side when vLLM generates. vLLM is mocked
+at GRPOTrainer.vllm_generation as the tests mock it (HF generate on a copy of the weights, synced per step,
+returning the sampler's own log-probs), so TRL runs its importance-sampling correction and with it a no-grad
+pass over the rows of every round. The reward is binary (1.0 for at least two 'a's, about 15% of W1's random
+completions) with the strict filter, so groups get filtered. The pass skips the filter's dropped rows;
+--no-filter-skip restores TRL's pass over every row, for comparison.
 
     python3 bench/trl_cost.py --impl mtgrpo --vllm-mock [--no-filter-skip]
 """
@@ -60,7 +61,8 @@ def one_run(a) -> None:
         method = dict(filter="strict") if a.vllm_mock else dict(filter="lenient")
         cls, cfg = MTGRPOTrainer, MTGRPOConfig(**common, **method, os_factor=a.os_factor)
     reward = reward_two_a if a.vllm_mock else reward_frac_a
-    trainer = cls(model=a.model_dir, reward_funcs=reward, processing_class=tokenizer, args=cfg, train_dataset=data)
+    trainer = cls(model=a.model_dir, reward_funcs=reward, processing_class=tokenizer, args=cfg,
+                  train_dataset=data)
     pass_seconds = mock_vllm(trainer, tokenizer, a.no_filter_skip) if a.vllm_mock else []
     steps: list[float] = []
 
@@ -99,9 +101,9 @@ def reward_two_a(completions, **kwargs):
 
 
 def mock_vllm(trainer, tokenizer, no_skip: bool) -> list[float]:
-    """vLLM colocate mocked at GRPOTrainer.vllm_generation (as test_trl_integration.FakeVLLM): a copy of the weights,
-    synced per step, sampling W1's fixed-length completions with HF generate. -> a list that collects, per step, the
-    seconds of TRL's no-grad log-prob passes inside the sampler's rounds."""
+    """vLLM colocate mocked at GRPOTrainer.vllm_generation (as test_trl_integration.FakeVLLM): a copy of
+    the weights, synced per step, sampling W1's fixed-length completions with HF generate. -> a list that
+    collects, per step, the seconds of TRL's no-grad log-prob passes inside the sampler's rounds."""
     import copy
     import torch
     from trl import GRPOTrainer
@@ -121,10 +123,11 @@ def mock_vllm(trainer, tokenizer, no_skip: bool) -> list[float]:
             width = max(map(len, prompts))
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in prompts])
             with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
-                                          do_sample=True, top_k=0, max_new_tokens=T, min_new_tokens=T,
-                                          suppress_tokens=suppress, pad_token_id=tokenizer.pad_token_id,
-                                          output_scores=True, return_dict_in_generate=True)
+                mask = (ids != tokenizer.pad_token_id).long()
+                out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                                          max_new_tokens=T, min_new_tokens=T, suppress_tokens=suppress,
+                                          pad_token_id=tokenizer.pad_token_id, output_scores=True,
+                                          return_dict_in_generate=True)
             tokens = out.sequences[:, width:]
             # the sampler's own log-probs, as vLLM returns them: the importance-sampling ratio starts near 1
             logps = torch.log_softmax(torch.stack(out.scores, 1).float(), -1).gather(2, tokens[..., None])
@@ -162,9 +165,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run; step 1 is warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--os-factor", type=float, default=3.0, help="M_os of the MT-GRPO side (paper 3; 1 = as many prompts as TRL)")
-    ap.add_argument("--vllm-mock", action="store_true", help="MT-GRPO side: vLLM mocked, binary reward, strict filter; "
-                    "the old-log-prob pass's rows and seconds (see the docstring)")
-    ap.add_argument("--no-filter-skip", action="store_true", help="with --vllm-mock: the pass over every generated row")
+    ap.add_argument("--vllm-mock", action="store_true", help="MT-GRPO side: vLLM mocked, binary reward, "
+                    "strict filter; the old-log-prob pass's rows and seconds (see the docstring)")
+    ap.add_argument("--no-filter-skip", action="store_true",
+                    help="with --vllm-mock: the pass over every generated row")
     ap.add_argument("--model-dir", default="/tmp/trl_cost_w1_model")
     ap.add_argument("--output-dir", default="/tmp/trl_cost_w1_out")
     a = ap.parse_args()
