@@ -713,7 +713,7 @@ def parity_trainer(model_dir, out, eval_dataset, world):
     return make_trainer(model_dir, out, eval_dataset=eval_dataset, mtgrpo_steps=PARITY["steps"],
                         max_steps=-1, learning_rate=0.0, per_device_train_batch_size=2 // world * N,
                         steps_per_generation=4, max_completion_length=2, os_factor=PARITY["os_factor"],
-                        max_resample_rounds=PARITY["rounds"], mtgrpo_eval_steps=1)
+                        max_resample_rounds=PARITY["rounds"], mtgrpo_eval_steps=1, max_grad_norm=0.0)
 
 
 def check_parity(ref: list, ref_evals: list, history: list, evals: list) -> None:
@@ -746,12 +746,14 @@ def test_same_method_as_mtgrpo_loop(tiny_dir, tmp_path, monkeypatch, splits):
     check_parity(ref, ref_evals, tr.mt_history, tr.eval_history)
 
 
-def test_two_processes(tmp_path, monkeypatch):
+def test_two_processes(tiny_dir, tmp_path, monkeypatch):
     """torch.distributed.run, 2 processes, gloo on CPU, the parity run's settings: both ranks log the same
     steps and evaluations, and these equal mtgrpo.train's (check_parity), short batches included. Each rank
     trains whole groups; the ranks' per-task group counts add up to the batch's, no group dropped; both take
     the same optimizer steps, one per non-empty minibatch (AdamW's step count), with equal rows in each
-    (fillers); both sample half of each round's and each evaluation's prompts."""
+    (fillers); both sample half of each round's and each evaluation's prompts. The first optimizer step's
+    gradient, averaged over the ranks, is mtgrpo.grpo_update's on the two ranks' rows together: each rank
+    divides by the step's tokens on both ranks."""
     path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")  # the children import this checkout
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
@@ -778,12 +780,27 @@ def test_two_processes(tmp_path, monkeypatch):
     assert logs[0]["prompts_here"] == logs[1]["prompts_here"] == [-(-p // 2) for p in per_round]  # half each
     evals = [3 * N_TEST // 2] * (PARITY["steps"] + 1)
     assert logs[0]["eval_prompts_here"] == logs[1]["eval_prompts_here"] == evals
+    from models import load_model
+    first = [torch.load(tmp_path / f"rank{r}_step1.pt") for r in (0, 1)]
+    model = load_model(tiny_dir)[0]
+    slots = [(f["slot"], f["task"]) for f in first]
+    rows = rows_of(slots)
+    assert len(rows.prompts) == 2 * N and rows.mask.sum() > 0  # one group on each rank
+    T = rows.mask.shape[1]
+    old = torch.cat([F.pad(mb["old_per_token_logps"], (0, T - mb["old_per_token_logps"].shape[1]))
+                     for mb, _ in slots])
+    rec = GradRecorder(model.parameters())
+    logprobs = functools.partial(mtgrpo.policy_logprobs, model, pad_id=0, share_prompts=False)
+    mtgrpo.grpo_update(logprobs, rec, rows, list(range(2 * N)), old, 64, 0.2, 0.28, "token_mean",
+                       float("inf"))
+    assert all(close(a, b) for f in first for a, b in zip(f["grads"], rec.grads[0]))
 
 
 def _worker(out: str) -> None:
     """One rank of test_two_processes: B = 8 prompts per step over 2 ranks, 4 minibatches of 1 group each."""
     import integrations.trl_mtgrpo
     import models
+    from transformers import TrainerCallback
     rank = int(os.environ["RANK"])
     model_dir = models.build_tiny_model(os.path.join(out, f"tiny{rank}"), seed=0)
     test = task_datasets(TASKS, N_TRAIN, 0, "plain", n_test=N_TEST)[1]
@@ -800,7 +817,18 @@ def _worker(out: str) -> None:
         seen_eval.append(0)
         return inner_evaluate(*args, **kw)
     tr._generate, tr.evaluate = generate, evaluate
+    grads = []
+
+    class Keep(TrainerCallback):  # the first optimizer step's gradient, after DDP averaged it
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            if not grads:
+                grads.append([p.grad.clone() for p in model.parameters()])
+    tr.add_callback(Keep())
     tr.train()
+    mbs, tasks = tr.trained[0]
+    first = {k: v for k, v in mbs[0].items() if torch.is_tensor(v) and v.dim()}
+    torch.save({"grads": grads[0], "slot": first, "task": tasks[0]},
+               os.path.join(out, f"rank{rank}_step1.pt"))
     task_counts, rows, slot_rows = [], [], []
     for mbs, tasks_ in tr.trained:
         for mb, t in real_slots(mbs, tasks_):
