@@ -47,6 +47,7 @@ def _ref(name: str) -> Any:
     return field(default=f.default, metadata={"help": f.metadata["help"] + choices})
 
 def _help(text: str, default: Any = None) -> Any:
+    """A field with its --help line: HfArgumentParser makes every field a flag, as GRPOConfig's are."""
     return field(default=default, metadata={"help": text})
 
 LOSS_NORMALIZERS = ("minibatch", "generation")
