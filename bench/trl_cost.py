@@ -16,6 +16,15 @@ fell short of its target n_k).
 
 A step is timed from on_step_begin to on_step_end, the timer registered last so MT-GRPO's end-of-step work (I_k, IWU)
 is inside. Step 1 is warm-up. Trust figures only when `other_processes_cpu` is about 0.
+
+--vllm-mock measures what TRL's old-log-prob pass costs the MT-GRPO side when vLLM generates. vLLM is mocked
+at GRPOTrainer.vllm_generation as the tests mock it (HF generate on a copy of the weights, synced per step,
+returning the sampler's own log-probs), so TRL runs its importance-sampling correction and with it a no-grad
+pass over the rows of every round. The reward is binary (1.0 for at least two 'a's, about 15% of W1's random
+completions) with the strict filter, so groups get filtered. The pass skips the filter's dropped rows;
+--no-filter-skip restores TRL's pass over every row, for comparison.
+
+    python3 bench/trl_cost.py --impl mtgrpo --vllm-mock [--no-filter-skip]
 """
 
 import argparse, os, resource, statistics, subprocess, sys, time
@@ -49,8 +58,12 @@ def one_run(a) -> None:
     else:
         prompts = w1_prompts(P * 40)
         data = datasets.Dataset.from_dict({"prompt": prompts, "task": [f"w1_{i % 2}" for i in range(len(prompts))]})
-        cls, cfg = MTGRPOTrainer, MTGRPOConfig(**common, filter="lenient", os_factor=a.os_factor)
-    trainer = cls(model=a.model_dir, reward_funcs=reward_frac_a, processing_class=tokenizer, args=cfg, train_dataset=data)
+        method = dict(filter="strict") if a.vllm_mock else dict(filter="lenient")
+        cls, cfg = MTGRPOTrainer, MTGRPOConfig(**common, **method, os_factor=a.os_factor)
+    reward = reward_two_a if a.vllm_mock else reward_frac_a
+    trainer = cls(model=a.model_dir, reward_funcs=reward, processing_class=tokenizer, args=cfg,
+                  train_dataset=data)
+    pass_seconds = mock_vllm(trainer, tokenizer, a.no_filter_skip) if a.vllm_mock else []
     steps: list[float] = []
 
     class Timer(TrainerCallback):  # added last: runs after MTGRPOTrainer's end-of-step callback
@@ -73,8 +86,71 @@ def one_run(a) -> None:
         print(f"seconds_bookkeeping_median {book:.4f}")
         print(f"bookkeeping_share_of_step {book / med:.3f}")
         print(f"prompts_generated_per_step {statistics.median(sum(map(sum, h['generated'])) for h in hist):.0f}")
+        if a.vllm_mock:
+            print(f"rows_generated_per_step {statistics.median(h['rows_generated'] for h in hist):.0f}")
+            print(f"rows_logp_pass_per_step {statistics.median(h['rows_logp_pass'] for h in hist):.0f}")
+            print(f"rows_trained_per_step {statistics.median(h['groups_used'] for h in hist) * G:.0f}")
+            print(f"seconds_logp_pass_median {statistics.median(pass_seconds[1:]):.4f}")
     print(f"seconds_per_step_median {med:.4f}")
     print(f"peak_rss_mb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0:.1f}")
+
+
+def reward_two_a(completions, **kwargs):
+    """Binary: 1.0 for a completion with at least two 'a's (about 15% of W1's random completions)."""
+    return [1.0 if c.count("a") >= 2 else 0.0 for c in completions]
+
+
+def mock_vllm(trainer, tokenizer, no_skip: bool) -> list[float]:
+    """vLLM colocate mocked at GRPOTrainer.vllm_generation (as test_trl_integration.FakeVLLM): a copy of
+    the weights, synced per step, sampling W1's fixed-length completions with HF generate. -> a list that
+    collects, per step, the seconds of TRL's no-grad log-prob passes inside the sampler's rounds."""
+    import copy
+    import torch
+    from trl import GRPOTrainer
+    from integrations.trl_mtgrpo import MTGRPOTrainer
+    suppress = [tokenizer.pad_token_id, tokenizer.eos_token_id]
+
+    class Engine:
+        generation_kwargs: dict = {}
+
+        def __init__(self):
+            self.model = copy.deepcopy(trainer.model).eval()
+
+        def sync_weights(self):
+            self.model.load_state_dict(trainer.model.state_dict())
+
+        def generate(self, prompts, images, num_generations, profiler=None):
+            width = max(map(len, prompts))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in prompts])
+            with torch.no_grad():
+                mask = (ids != tokenizer.pad_token_id).long()
+                out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                                          max_new_tokens=T, min_new_tokens=T, suppress_tokens=suppress,
+                                          pad_token_id=tokenizer.pad_token_id, output_scores=True,
+                                          return_dict_in_generate=True)
+            tokens = out.sequences[:, width:]
+            # the sampler's own log-probs, as vLLM returns them: the importance-sampling ratio starts near 1
+            logps = torch.log_softmax(torch.stack(out.scores, 1).float(), -1).gather(2, tokens[..., None])
+            return prompts, tokens.tolist(), logps.tolist(), None
+
+    trainer.use_vllm, trainer.vllm_mode, trainer._last_loaded_step = True, "colocate", -1
+    trainer.vllm_generation = Engine()
+    if no_skip:  # TRL's order: rewards after the pass, so every row gets it
+        MTGRPOTrainer._generate = GRPOTrainer._generate
+    seconds: list[float] = []  # one entry per step: its batch's passes
+    inner = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def timed(self, *args, **kw):
+        t0 = time.perf_counter()
+        out = inner(self, *args, **kw)
+        if self._rounds is not None and not torch.is_grad_enabled():  # a sampling round's pass
+            if getattr(self, "_timed_batch", None) is not self._rounds:  # the step's first
+                seconds.append(0.0)
+                self._timed_batch = self._rounds
+            seconds[-1] += time.perf_counter() - t0
+        return out
+    GRPOTrainer._get_per_token_logps_and_entropies = timed
+    return seconds
 
 
 def figures(text: str) -> dict[str, float]:
@@ -89,6 +165,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run; step 1 is warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--os-factor", type=float, default=3.0, help="M_os of the MT-GRPO side (paper 3; 1 = as many prompts as TRL)")
+    ap.add_argument("--vllm-mock", action="store_true", help="MT-GRPO side: vLLM mocked, binary reward, "
+                    "strict filter; the old-log-prob pass's rows and seconds (see the docstring)")
+    ap.add_argument("--no-filter-skip", action="store_true",
+                    help="with --vllm-mock: the pass over every generated row")
     ap.add_argument("--model-dir", default="/tmp/trl_cost_w1_model")
     ap.add_argument("--output-dir", default="/tmp/trl_cost_w1_out")
     a = ap.parse_args()
