@@ -167,10 +167,10 @@ def verify_reward(completions: list, answer: list, verifier: list, info: list, t
     """A TRL reward function scoring by verify.py (1.0 correct, 0.1 boxed but wrong, 0.0 no box): the dataset
     carries task_dataset's columns answer, verifier and info (JSON)."""
     from tasks import Example
-    from verify import reward
+    from verify import rewards
     text = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [reward(c, Example(t, "", a, v, json.loads(i)))
-            for c, a, v, i, t in zip(text, answer, verifier, info, task)]
+    examples = [Example(t, "", a, v, json.loads(i)) for a, v, i, t in zip(answer, verifier, info, task)]
+    return rewards(text, examples)  # sandboxed checks (math, rg) go to the worker in one batch
 
 def per_task_reward(funcs: dict[str, Callable], task_column: str = "task") -> Callable:
     """Any TRL reward function per task -> one reward function that hands each row to its task's function."""
@@ -703,7 +703,7 @@ class MTGRPOTrainer(GRPOTrainer):
 @dataclass
 class ScriptArguments:
     model: str = _help("hub name, local save_pretrained dir, or tiny", "tiny")
-    tasks: str = _help("tasks.py task names or .jsonl files, comma-separated", mtgrpo.Config.tasks)
+    tasks: str = _help("task names, rg:<dataset>[:level] or data files, comma-separated", mtgrpo.Config.tasks)
     n_train: int = _ref("n_train")
     eval_prompts: int = _ref("eval_prompts")
     max_prompt_len: int = _ref("max_prompt_len")
