@@ -81,11 +81,11 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Ten
     y = tokens.reshape(R * T)
 
     def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
-        # fp32 even under bf16 autocast: bf16 logits of magnitude 20-30 are off by up to ~0.06 nat, an error that
-        # would enter every ratio and I_k (~1e-3 per token). Only the (C, V) chunk is ever fp32 at once.
+        # fp32 even under bf16 autocast: bf16 logits of magnitude 20-30 are off by up to ~0.06 nat, an error
+        # that would enter every ratio and I_k (~1e-3 per token). Only the (C, V) chunk is ever fp32 at once.
         dtype = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 where the weights are
         with torch.autocast(h_c.device.type, enabled=False):
-            logits = h_c.to(dtype) @ weight.to(dtype).T / temperature  # (C, V) <- the big one, a chunk at a time
+            logits = h_c.to(dtype) @ weight.to(dtype).T / temperature  # (C, V) <- the big one, chunk by chunk
             return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
 
     C = chunk_size
@@ -506,8 +506,9 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N:
                   after_minibatch: Callable | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Algorithm 1, line 4: one optimizer step per minibatch of cfg.minibatch_size groups (the paper: 4 per
     step). pi_old of minibatches 2.. is a no-grad pass at theta_t over the same micro-batches as the update's
-    forward, so that at theta_t their ratio is exactly 1 in any precision. after_minibatch(mb, log-probs of its
-    forward, its pi_old) runs after each step (the released code's IWU). -> (stats, pi_old (R, T) of every row)."""
+    forward, so that at theta_t their ratio is exactly 1 in any precision. after_minibatch(mb, log-probs of
+    its forward, its pi_old) runs after each step (the released code's IWU).
+    -> (stats, pi_old (R, T) of every row)."""
     t0 = time.perf_counter()
     parts = minibatches(rows, N, cfg)
     old_logp = torch.zeros_like(rows.mask)
@@ -549,10 +550,10 @@ def minibatch_iwu(logprobs: Callable, rows: Rows, K: int, cfg: Config, state: Lo
     def after_minibatch(mb: list[int], logp: torch.Tensor, old_logp: torch.Tensor) -> None:
         new_logp = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
         adv, mask, task = rows.adv[mb], rows.mask[mb], rows.task[mb]
-        before = task_objectives(clipped_surrogate(logp, old_logp, adv, cfg.eps_low, cfg.eps_high), mask, task,
-                                 K, cfg.improvement_agg)
-        after = task_objectives(clipped_surrogate(new_logp, old_logp, adv, cfg.eps_low, cfg.eps_high), mask,
-                                task, K, cfg.improvement_agg)
+        surrogate_before = clipped_surrogate(logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
+        surrogate_after = clipped_surrogate(new_logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
+        before = task_objectives(surrogate_before, mask, task, K, cfg.improvement_agg)
+        after = task_objectives(surrogate_after, mask, task, K, cfg.improvement_agg)
         minibatch_improvement = task_improvement(before, after, cfg.improvement_clip)
         update_task_weights(state.xi, state.xi_opt, minibatch_improvement, state.J, cfg.weighting, cfg.lam)
         improvement.add_(minibatch_improvement)
@@ -601,8 +602,8 @@ def step_totals(batch: SampledBatch) -> dict[str, Any]:
     return {key: sum(s[key] for s in batch.stats) for key in batch.stats[0]}
 
 def update_accuracy(cfg: Config, state: LoopState, batch: SampledBatch) -> None:
-    """J_k, Subroutine 1's reward level: the accuracy of task k's rollouts this step, before the filter (a task
-    not sampled keeps its last J). With cfg.accuracy_decay d > 0 (the released code: 0.5), an EMA
+    """J_k, Subroutine 1's reward level: the accuracy of task k's rollouts this step, before the filter (a
+    task not sampled keeps its last J). With cfg.accuracy_decay d > 0 (the released code: 0.5), an EMA
     J_k <- d J_k + (1 - d) acc_k over every generation round of the step. The rollouts fix J, so it is known
     before the update."""
     rounds = batch.stats if cfg.accuracy_decay > 0 else [step_totals(batch)]
@@ -615,13 +616,14 @@ def update_accuracy(cfg: Config, state: LoopState, batch: SampledBatch) -> None:
 
 def update_weights(cfg: Config, state: LoopState, trained: list[Group], improvement: torch.Tensor) -> None:
     """Algorithm 1, line 6: one step on xi from I and J (Subroutine 1 or 2), or SEC's values from the trained
-    groups' advantages. With --iwu-every minibatch the xi steps were taken during the update (minibatch_iwu)."""
+    groups' advantages. With --iwu-every minibatch the xi steps came during the update (minibatch_iwu)."""
     if cfg.weighting == "sec" and trained:
         rewards = torch.stack([g.rewards for g in trained])
         adv = group_advantages(rewards, cfg.adv_std == "unbiased").reshape(-1)
         task = torch.tensor([g.task for g in trained]).repeat_interleave(rewards.shape[1])
         state.sec_q = update_sec_values(state.sec_q, adv, task, cfg.sec_decay)
-    if cfg.weighting in ("iwu", "reward_l2") and not (cfg.weighting == "iwu" and cfg.iwu_every == "minibatch"):
+    stepped = cfg.weighting == "iwu" and cfg.iwu_every == "minibatch"  # already, after each minibatch
+    if cfg.weighting in ("iwu", "reward_l2") and not stepped:
         update_task_weights(state.xi, state.xi_opt, improvement, state.J, cfg.weighting, cfg.lam)
     state.step += 1
 
