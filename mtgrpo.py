@@ -2,17 +2,17 @@
 Multi-Task GRPO (MT-GRPO; Ramesh et al., arXiv 2602.05547) in one file. GRPO post-trains one policy on K tasks
 at once; MT-GRPO adds task weights z = softmax(xi) that move toward tasks scoring low *and* not improving
 (IWU, Subroutine 1), and a ratio-preserving sampler (Algorithm 2) so that the batch left after zero-gradient
-filtering has proportions z. One step of Algorithm 1, as `train()` runs it:
+filtering has proportions z. One step of Algorithm 1, as `train()` runs it (and the TRL integration too):
 
-    z, batch = draw_batch(...)        # lines 2-3: z = softmax(xi); RP_SAMPLER(z, B, N, rho, D_train), Alg. 2
-    policy_update(...)                # line 4: GRPO minibatch updates, Eq. 11-13
-    I = objective_change(...)         # line 5: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t), Eq. 8
-    update_weights(...)               # line 6: J_k = task k's accuracy this step; xi <- xi - beta g(I, J)
+    z, batch = draw_batch(...)       # lines 2-3: z = softmax(xi); RP_SAMPLER(z, B, N, rho, D_train), Alg. 2
+    update_accuracy(...)             # J_k: task k's accuracy over the step's rollouts (the rollouts fix it)
+    policy_update(...)               # line 4: GRPO minibatch updates, Eq. 11-13
+    I = objective_change(...)        # line 5: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t), Eq. 8
+    update_weights(...)              # line 6: xi <- xi - beta g(I, J), Subroutine 1
 
-Where we differ from the paper, or it is silent: J_k is this step's accuracy (the released code: an EMA);
-I_k is a token mean (the released code: a sum over responses, --improvement-agg sum); the std of Eq. 11 is
-unbiased. What a run needs but a reader does not (flags, checkpoints, signals, the log) is in support.py;
-model loading in models.py; tasks and prompts in tasks.py; answer checking in verify.py.
+The default is the paper's algorithm; --preset released runs the released code's (README: "Where we differ").
+What a run needs but a reader does not (flags, checkpoints, signals, the log) is in support.py; model loading
+in models.py; tasks and prompts in tasks.py; answer checking in verify.py.
 
     python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
