@@ -19,12 +19,16 @@ def tiny(tmp_path_factory):
 
 
 def _groups(tok, n_prompts: int, N: int, seed: int = 0) -> list:
+    """Prompts of different lengths and responses that stop (EOS = 1) at different places, so that micro-batches
+    cut elsewhere get other padding and other shared prompts."""
     g = torch.Generator().manual_seed(seed)
     groups = []
     for j in range(n_prompts):
         resp = torch.randint(2, 90, (N, 6), generator=g)
+        for i in range(N):
+            resp[i, 1 + (i + j) % 5] = 1  # the EOS
         rewards = torch.tensor([1.0 if i % 2 == j % 2 else 0.0 for i in range(N)])
-        prompt = tok(f"copy {'abcdefgh'[j]}:")["input_ids"]
+        prompt = tok(f"copy {'abcdefgh'[:j + 1]}:")["input_ids"]
         groups.append(M.Group(j % 2, prompt, resp, M.response_mask(resp, [1]), rewards))
     return groups
 
@@ -156,7 +160,9 @@ def test_accuracy_is_this_steps_rollouts_or_an_ema_per_round():
     (3/6, 3/4). Released (decay 0.5, from 0): round 1 J_0 = 0.5 * 0 + 0.5 * 0.5 = 0.25 (task 1 unchanged),
     round 2 J = (0.5 * 0.25 + 0.5 * 0.5, 0.5 * 0 + 0.5 * 0.75) = (0.375, 0.375)."""
     batch = _batch_with_rounds([([2.0, 0.0], [4.0, 0.0]), ([1.0, 3.0], [2.0, 4.0])])
-    for decay, expect in ((0.0, [0.5, 0.75]), (0.5, [0.375, 0.375])):
+    # decay 0.75 (asymmetric, so d and 1 - d cannot trade places): round 1 J_0 = 0.25 * 0.5 = 0.125;
+    # round 2 J = (0.75 * 0.125 + 0.25 * 0.5, 0.25 * 0.75) = (0.21875, 0.1875)
+    for decay, expect in ((0.0, [0.5, 0.75]), (0.5, [0.375, 0.375]), (0.75, [0.21875, 0.1875])):
         cfg = M.Config(accuracy_decay=decay)
         state = M.start_state(2, cfg, 0)
         M.update_accuracy(cfg, state, batch)
