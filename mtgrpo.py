@@ -468,7 +468,8 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
                 grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """One optimizer step on minibatch idx (Eq. 13), over micro-batches. old_logp (len(idx), T), or None while
     theta = theta_old (the first minibatch): then this forward's own log-probs, detached, are pi_old.
-    -> (stats, the old log-probs used, this forward's log-probs (len(idx), T), detached)."""
+    -> (stats, the old log-probs used (on the CPU), this forward's log-probs (len(idx), T), detached, on
+    its device)."""
     T = rows.responses.shape[1]
     used_old = []
     forward = []
@@ -496,7 +497,7 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     loss_sum, clip_sum, ratio_sum = sums.tolist()  # the one host sync of the update
     stats = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_frac": clip_sum / n_tok,
              "ratio_mean": ratio_sum / n_tok}
-    return stats, torch.cat(used_old).cpu(), torch.cat(forward).cpu()
+    return stats, torch.cat(used_old).cpu(), torch.cat(forward)  # the forward's stays put: no host copy
 
 def minibatches(rows: Rows, N: int, cfg: Config) -> list[list[int]]:
     """The update's minibatches of cfg.minibatch_size groups (N rows each), in batch order."""
@@ -550,7 +551,7 @@ def minibatch_iwu(logprobs: Callable, rows: Rows, K: int, cfg: Config, state: Lo
     def after_minibatch(mb: list[int], logp: torch.Tensor, old_logp: torch.Tensor) -> None:
         new_logp = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
         adv, mask, task = rows.adv[mb], rows.mask[mb], rows.task[mb]
-        surrogate_before = clipped_surrogate(logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
+        surrogate_before = clipped_surrogate(logp.cpu(), old_logp, adv, cfg.eps_low, cfg.eps_high)
         surrogate_after = clipped_surrogate(new_logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
         before = task_objectives(surrogate_before, mask, task, K, cfg.improvement_agg)
         after = task_objectives(surrogate_after, mask, task, K, cfg.improvement_agg)
