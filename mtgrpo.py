@@ -11,8 +11,9 @@ filtering has proportions z. One step of Algorithm 1, as `train()` runs it (and 
     update_weights(...)              # line 6: xi <- xi - beta g(I, J), Subroutine 1
 
 The default is the paper's algorithm; --preset released runs the released code's (README: "Where we differ").
-What a run needs but a reader does not (flags, checkpoints, signals, the log) is in support.py; model loading
-in models.py; tasks and prompts in tasks.py; answer checking in verify.py.
+The model's side (sampling, log-probs, their speed-ups) is in policy.py; what a run needs but a reader does
+not (flags, checkpoints, signals, the log) in support.py; model loading in models.py; tasks and prompts in
+tasks.py; answer checking in verify.py.
 
     python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks
     python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
@@ -22,7 +23,6 @@ Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidd
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -33,11 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-import speedups
+import policy
 import support
-from models import left_pad
 from support import check_distribution, check_sampler_args
 
 # --- GRPO (Appendix B, Eq. 11-13) ---------------------------------------------------------------------------
@@ -64,35 +62,6 @@ def zero_gradient_keep(rewards: torch.Tensor, mode: str = "strict") -> torch.Ten
     if mode == "none":
         return torch.ones(rewards.shape[0], dtype=torch.bool, device=rewards.device)
     raise ValueError(f"filter mode must be 'strict', 'lenient' or 'none', got {mode!r}")
-
-def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
-    """1.0 up to and including the first EOS, 0.0 after, (R, T): the EOS is learned (the model must stop),
-    what generate() pads after it is not, even when pad == eos. No EOS: truncated, every token counts."""
-    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device)).long()
-    return (torch.cumsum(is_eos, dim=1) - is_eos == 0).float()  # no EOS strictly before this token
-
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                   chunk_size: int = 2048) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32, from hidden (R, T, H) and the
-    lm_head (V, H): log_softmax(hidden @ weight.T / T).gather(tokens) in fp32, chunk by chunk, so that the
-    (R, T, V) logits (1 GB at V = 151936) never exist at once."""
-    R, T, H = hidden.shape
-    h = hidden.reshape(R * T, H)
-    y = tokens.reshape(R * T)
-
-    def chunk_logprobs(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
-        # fp32 even under bf16 autocast: bf16 logits of magnitude 20-30 are off by up to ~0.06 nat, an error
-        # that would enter every ratio and I_k (~1e-3 per token). Only the (C, V) chunk is ever fp32 at once.
-        dtype = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 where the weights are
-        with torch.autocast(h_c.device.type, enabled=False):
-            logits = h_c.to(dtype) @ weight.to(dtype).T / temperature  # (C, V) <- the big one, chunk by chunk
-            return logits.gather(1, y_c[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
-
-    C = chunk_size
-    recompute = torch.is_grad_enabled() and h.requires_grad  # recompute chunks in backward, don't store them
-    out = [checkpoint(chunk_logprobs, h[i:i + C], y[i:i + C], use_reentrant=False) if recompute
-           else chunk_logprobs(h[i:i + C], y[i:i + C]) for i in range(0, R * T, C)]
-    return torch.cat(out).reshape(R, T)
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low: float,
                       eps_high: float) -> torch.Tensor:
@@ -305,7 +274,7 @@ def dynamic_sample(z: np.ndarray, B: int, sample_round: Callable, rho: np.ndarra
     batch.tasks = [k for k, _ in kept[:B]]
     return batch
 
-# --- Rollouts: HF generate, left-padded, KV cache on, temperature 1.0 / top_p 1.0 (App. E) ------------------
+# --- Rollouts: draw prompts, sample N responses each (policy.py, App. E), score, filter -----------------
 @dataclass
 class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter keeps or drops
     task: int
@@ -313,68 +282,6 @@ class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter
     response: torch.Tensor     # (N, T) sampled token ids, pad after the first EOS
     mask: torch.Tensor         # (N, T) response_mask: up to and including the first EOS
     rewards: torch.Tensor      # (N,) 1.0 / 0.1 / 0.0
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU over fp32 master weights; on CPU whatever the caller set (fp32 by default)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-@torch.inference_mode()
-def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pad_id: int, eos_ids: list[int],
-             temperature: float = 1.0, top_p: float = 1.0, gen_batch_size: int = 384,
-             share_prompts: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n sampled responses per prompt -> [(tokens (n, T), mask (n, T))], on the CPU. HF would fill unset
-    fields from the model's generation_config (repetition_penalty...) and sample another distribution: a
-    neutral one stands in. share_prompts: a prompt's KV cache is made once for its n rows (speedups.py)."""
-    from transformers import GenerationConfig
-    gen_cfg = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                               max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids,
-                               bos_token_id=None)
-    device = next(model.parameters()).device
-    per_call = max(1, gen_batch_size // n)
-    out = []
-    was_training = model.training
-    model_gen_cfg = model.generation_config
-    model.eval()  # KV cache on (use_cache=True)
-    model.generation_config = GenerationConfig(pad_token_id=pad_id, eos_token_id=eos_ids)
-    try:
-        for i in range(0, len(prompts), per_call):
-            ids, att = (t.to(device) for t in left_pad(prompts[i:i + per_call], pad_id))  # (U, P)
-            rows = torch.arange(len(ids), device=device).repeat_interleave(n)               # (U*n,) by prompt
-            with autocast(device):
-                cache = speedups.shared_prefill(model, ids, att, rows) if share_prompts else {}
-                seq = model.generate(input_ids=ids[rows], attention_mask=att[rows], generation_config=gen_cfg,
-                                     **cache)
-            resp = seq[:, ids.shape[1]:].cpu()                                              # (U*n, T)
-            mask = response_mask(resp, eos_ids)
-            out += [(resp[j * n:(j + 1) * n], mask[j * n:(j + 1) * n]) for j in range(len(ids))]
-    finally:
-        model.train(was_training)
-        model.generation_config = model_gen_cfg
-    return out
-
-def response_hidden(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """The last hidden states that predict each response token, (R, T, H), by one forward over [left-padded
-    prompt | response] with position ids as generate() builds them."""
-    ids, att = (t.to(responses.device) for t in left_pad(prompts, pad_id))
-    P, T = ids.shape[1], responses.shape[1]
-    attention = torch.cat([att, torch.ones_like(responses)], dim=1)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    out = model.base_model(input_ids=torch.cat([ids, responses], dim=1), attention_mask=attention,
-                           position_ids=positions, use_cache=False)
-    return out.last_hidden_state[:, P - 1:P + T - 1]  # position P - 1 + t predicts y_t
-
-def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pad_id: int,
-                    temperature: float = 1.0, share_prompts: bool = True) -> torch.Tensor:
-    """log pi_theta of each response token, (R, T) float32: the sampler's own log-probs, so the first ratio is
-    exactly 1. share_prompts: a prompt repeated over rows is run once (speedups.py)."""
-    device = next(model.parameters()).device
-    responses = responses.to(device)
-    with autocast(device):
-        if share_prompts and speedups.can_share(model, prompts):
-            hidden = speedups.shared_prompt_hidden(model, prompts, responses, pad_id)
-        else:
-            hidden = response_hidden(model, prompts, responses, pad_id)
-        return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
 
 def step_draws(rng: np.random.Generator, K: int) -> Callable[[int, int, int], list[int]]:
     """draw(k, count, size) -> count of task k's `size` prompts, without replacement within a step (across its
@@ -423,7 +330,7 @@ def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Cal
     return survivors, {**stats, "seconds": time.perf_counter() - t}
 
 # --- The GRPO update of one step: old log-probs, minibatch updates (Eq. 13), I_k (Eq. 8) --------------------
-# These take `logprobs(prompts, responses) -> (R, T)`: policy_logprobs bound to a model, or one like it.
+# These take `logprobs(prompts, responses) -> (R, T)`: policy.policy_logprobs bound to a model, or alike.
 @dataclass
 class Rows:  # a batch of groups flattened to R = groups x N rows
     prompts: list[list[int]]   # R prompt id lists
@@ -682,7 +589,7 @@ class Config:
     temperature: float = arg(1.0, "sampling temperature; log-probs use the same (paper: 1.0)")
     top_p: float = arg(1.0, "nucleus sampling (paper: 1.0)")
     gen_batch_size: int = arg(384, "rows (prompts x N) per generate() call; lower it if the KV cache is big")
-    share_prompts: bool = arg(True, "run a prompt once for its N rows (speedups.py); off: the plain code")
+    share_prompts: bool = arg(True, "run a prompt once for its N rows (policy.py); off: the plain code")
     # update
     minibatch_size: int = arg(4, "prompts per optimizer step (paper: B/4, i.e. 4 updates per step)")
     micro_batch_size: int = arg(8, "rows per forward/backward; gradients accumulate over a minibatch")
@@ -775,11 +682,11 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     log = support.run_log(log_path, cfg, names)  # log.jsonl, and --report-to's trackers
     if not saved:
         log({"kind": "config", "method": method, **asdict(cfg)})
-    sample = functools.partial(generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
+    sample = functools.partial(policy.generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
                                eos_ids=eos_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                gen_batch_size=cfg.gen_batch_size, share_prompts=cfg.share_prompts)
     score_rollouts = functools.partial(score, tokenizer=tokenizer, box_rule=cfg.box_rule)
-    logprobs = functools.partial(policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature,
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature,
                                  share_prompts=cfg.share_prompts)
     support.print_start(cfg, method, device, names, style, log_path)
 

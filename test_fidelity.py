@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mtgrpo as M
+import policy
 from models import build_tiny_model, load_model
 
 
@@ -29,7 +30,7 @@ def _groups(tok, n_prompts: int, N: int, seed: int = 0) -> list:
             resp[i, 1 + (i + j) % 5] = 1  # the EOS
         rewards = torch.tensor([1.0 if i % 2 == j % 2 else 0.0 for i in range(N)])
         prompt = tok(f"copy {'abcdefgh'[:j + 1]}:")["input_ids"]
-        groups.append(M.Group(j % 2, prompt, resp, M.response_mask(resp, [1]), rewards))
+        groups.append(M.Group(j % 2, prompt, resp, policy.response_mask(resp, [1]), rewards))
     return groups
 
 
@@ -47,7 +48,7 @@ def test_token_logprobs_under_bf16_autocast_are_the_fp32_computation():
     tokens = torch.randint(0, 300, (3, 5), generator=g)
     ref = torch.log_softmax(hidden.float() @ weight.T / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = M.token_logprobs(hidden, weight, tokens, 0.7, chunk_size=4)
+        ours = policy.token_logprobs(hidden, weight, tokens, 0.7, chunk_size=4)
         old_way = torch.log_softmax((hidden @ weight.T.bfloat16()).float() / 0.7, -1)
     old_way = old_way.gather(-1, tokens[..., None]).squeeze(-1)
     assert ours.dtype == torch.float32
@@ -62,9 +63,9 @@ def test_policy_logprobs_under_bf16_autocast_stay_near_fp32(tiny):
     prompts = [tok("copy abc:")["input_ids"], tok("sum 3+4 kq:")["input_ids"]]
     resp = torch.randint(2, 90, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = M.policy_logprobs(model, prompts, resp, tok.pad_token_id)
+        ref = policy.policy_logprobs(model, prompts, resp, tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            ours = M.policy_logprobs(model, prompts, resp, tok.pad_token_id)
+            ours = policy.policy_logprobs(model, prompts, resp, tok.pad_token_id)
     err = (ours - ref).abs()
     assert err.max() < 0.05 and err.mean() < 0.01, (err.max(), err.mean())
 
@@ -82,7 +83,7 @@ def test_ratio_is_exactly_one_at_theta_t_under_bf16_autocast(tiny):
     N = 6
     rows = M.flatten_groups(_groups(tok, 6, N), True, tok.pad_token_id)
     cfg = M.Config(minibatch_size=2, micro_batch_size=5)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)
     seen = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -227,7 +228,7 @@ def test_improvement_is_positive_when_the_update_ascends_the_objective(tiny):
     cfg = M.Config(minibatch_size=4, micro_batch_size=16, improvement_clip=10.0)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+        logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
         _, old_logp = M.policy_update(logprobs, torch.optim.SGD(model.parameters(), lr=0.5), rows, N, cfg)
         improvement = M.objective_change(logprobs, rows, old_logp, 2, N, cfg)
     finally:
@@ -253,7 +254,7 @@ def test_released_iwu_passes_over_as_many_rows_as_the_per_step_pass(tiny):
             def logprobs(prompts, responses):
                 if not torch.is_grad_enabled():
                     seen.append(len(prompts))
-                return M.policy_logprobs(model, prompts, responses, tok.pad_token_id)
+                return policy.policy_logprobs(model, prompts, responses, tok.pad_token_id)
 
             hook = None
             if every == "minibatch":

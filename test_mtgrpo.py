@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import mtgrpo as M
-import speedups
+import policy
 import support
 from bench.metrics import average_relative_change, steps_to_threshold
 from models import build_tiny_model, left_pad, load_model
@@ -80,9 +80,9 @@ def test_response_mask_includes_first_eos_even_when_pad_is_eos():
     tokens = torch.tensor([[5, 6, eos, eos, eos],   # pad == eos after the first EOS
                            [5, 6, 7, 8, 9],         # truncated: every token counts
                            [eos, 7, eos, 0, 0]])
-    m = M.response_mask(tokens, [eos])
+    m = policy.response_mask(tokens, [eos])
     assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
-    assert M.response_mask(torch.tensor([[5, 9, 7]]), [1, 9]).tolist() == [[1, 1, 0]]  # several EOS ids
+    assert policy.response_mask(torch.tensor([[5, 9, 7]]), [1, 9]).tolist() == [[1, 1, 0]]  # several EOS ids
 
 
 # -----------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_token_logprobs_equal_naive(chunk, temperature):
     h = torch.randn(3, 5, 16, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 50, (3, 5), generator=g)
-    fast = M.token_logprobs(h, w, y, temperature, chunk_size=chunk)
+    fast = policy.token_logprobs(h, w, y, temperature, chunk_size=chunk)
     naive = torch.log_softmax((h @ w.T) / temperature, dim=-1).gather(-1, y[..., None]).squeeze(-1)
     assert torch.allclose(fast, naive, atol=1e-12)
     gf = torch.autograd.grad(fast.sum(), (h, w))
@@ -151,7 +151,7 @@ def _rows(tokenizer, n_rows=6, seed=0):
     prompts = [torch.randint(2, 90, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n_rows)]
     responses = torch.randint(2, 90, (n_rows, 7), generator=g)
     responses[0, 2] = tokenizer.eos_token_id      # an early EOS: the rest of that row is masked
-    mask = M.response_mask(responses, [tokenizer.eos_token_id])
+    mask = policy.response_mask(responses, [tokenizer.eos_token_id])
     adv = torch.randn(n_rows, generator=g)
     return M.Rows(prompts, responses, mask, adv, torch.zeros(n_rows, dtype=torch.long))
 
@@ -160,7 +160,7 @@ def _rows(tokenizer, n_rows=6, seed=0):
 def test_micro_batches_give_the_full_batch_gradient(tiny, agg):
     model, tok = tiny
     rows = _rows(tok)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
     old = M.batch_logprobs(logprobs, rows, list(range(6)), 6) - 0.05
 
     def grads(micro):
@@ -188,14 +188,14 @@ def test_policy_logprobs_match_generate_scores(tiny):
                              pad_token_id=tok.pad_token_id, eos_token_id=[tok.eos_token_id])
         resp = out.sequences[:, ids.shape[1]:]
         ref = torch.stack([torch.log_softmax(l.float() / 0.7, -1) for l in out.logits], 1).gather(-1, resp[..., None]).squeeze(-1)
-        ours = M.policy_logprobs(model, prompts, resp, tok.pad_token_id, 0.7)
-    mask = M.response_mask(resp, [tok.eos_token_id]).bool()
+        ours = policy.policy_logprobs(model, prompts, resp, tok.pad_token_id, 0.7)
+    mask = policy.response_mask(resp, [tok.eos_token_id]).bool()
     assert torch.allclose(ours[mask], ref[mask], atol=1e-5)
 
 
 def _logprobs_and_grads(model, prompts, resp, pad_id, share):
     model.zero_grad(set_to_none=True)
-    lp = M.policy_logprobs(model, prompts, resp, pad_id, 0.7, share_prompts=share)
+    lp = policy.policy_logprobs(model, prompts, resp, pad_id, 0.7, share_prompts=share)
     (lp * torch.linspace(-1, 1, lp.numel()).reshape(lp.shape)).sum().backward()  # a loss that weighs every token
     return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -227,7 +227,7 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_dir):
     assert torch.allclose(lp, lp_ref, atol=1e-5)
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(g, g_ref))
     with torch.no_grad():
-        assert torch.allclose(M.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
+        assert torch.allclose(policy.policy_logprobs(ckpt, [a] * 3, resp, tok.pad_token_id, 0.7), lp_ref, atol=1e-5)
 
 
 def test_generate_ignores_the_models_own_sampling_settings(tiny):
@@ -242,7 +242,7 @@ def test_generate_ignores_the_models_own_sampling_settings(tiny):
     model.generation_config = own
     try:
         torch.manual_seed(0)
-        outs = M.generate(model, [tok("copy: abc")["input_ids"]] * 2, 8, max_new_tokens=8, pad_id=0, eos_ids=[1])
+        outs = policy.generate(model, [tok("copy: abc")["input_ids"]] * 2, 8, max_new_tokens=8, pad_id=0, eos_ids=[1])
         assert model.generation_config is own  # the model's own config is back after the call
     finally:
         model.generation_config = saved
@@ -270,7 +270,7 @@ def test_generate_shared_prefill_samples_what_plain_generate_samples(tiny_dir, t
                              num_return_sequences=n, max_new_tokens=12, pad_token_id=tok.pad_token_id,
                              eos_token_id=[tok.eos_token_id])[:, ids.shape[1]:]
     torch.manual_seed(0)
-    outs = M.generate(model, prompts, n, max_new_tokens=12, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+    outs = policy.generate(model, prompts, n, max_new_tokens=12, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
                       gen_batch_size=6)
     T = max(r.shape[1] for r, _ in outs)
     ours = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=tok.pad_token_id) for r, _ in outs])
@@ -288,11 +288,11 @@ def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, 
     model, tok = tiny
     cfg, prompts, new_tokens = model.config, [tok("copy: abcdef")["input_ids"], tok("sum 3+4:")["input_ids"]], 5
     filled = []
-    plain_prefill = speedups.shared_prefill
-    monkeypatch.setattr(speedups, "shared_prefill", lambda *a: filled.append(plain_prefill(*a)) or filled[-1])
+    plain_prefill = policy.shared_prefill
+    monkeypatch.setattr(policy, "shared_prefill", lambda *a: filled.append(plain_prefill(*a)) or filled[-1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(0)
-        outs = M.generate(model, prompts, n, max_new_tokens=new_tokens, pad_id=0, eos_ids=[-1])  # -1: never stops
+        outs = policy.generate(model, prompts, n, max_new_tokens=new_tokens, pad_id=0, eos_ids=[-1])  # -1: never stops
     cache = next(iter(filled[0].values()))
     rows, tokens = len(prompts) * n, max(map(len, prompts)) + new_tokens - 1  # the last sampled token is never fed back
     assert all(r.shape[1] == new_tokens for r, _ in outs)
@@ -304,10 +304,10 @@ def test_kv_cache_under_bf16_autocast_holds_bf16_keys_and_changes_nothing(tiny, 
     ids, att = left_pad(prompts, 0)
     logits = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for cache in (DynamicCache(config=cfg), speedups.kv_cache(model)):
-            model(input_ids=ids, attention_mask=att, use_cache=True, **{speedups.cache_kwarg(type(model)): cache})
+        for cache in (DynamicCache(config=cfg), policy.kv_cache(model)):
+            model(input_ids=ids, attention_mask=att, use_cache=True, **{policy.cache_kwarg(type(model)): cache})
             logits.append(model(input_ids=ids[:, -1:], attention_mask=torch.cat([att, att[:, -1:]], 1), use_cache=True,
-                                **{speedups.cache_kwarg(type(model)): cache}).logits)
+                                **{policy.cache_kwarg(type(model)): cache}).logits)
             assert cache.layers[0].keys.dtype == (torch.float32 if len(logits) == 1 else torch.bfloat16)
     assert torch.equal(logits[0], logits[1])
 
@@ -731,7 +731,7 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     the training forward exactly, or the first-update ratio would not be 1."""
     model, tok = tiny
     rows = _rows(tok)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
     no_grad = M.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     stats, used, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
@@ -746,8 +746,8 @@ def test_later_minibatches_use_the_pass_before_the_first_update(tiny_dir):
     model, tok = load_model(tiny_dir, torch.device("cpu"))
     g = torch.Generator().manual_seed(3)
     groups = [M.Group(0, tok(f"copy {c}:")["input_ids"], resp := torch.randint(2, 90, (4, 5), generator=g),
-                      M.response_mask(resp, [1]), torch.tensor([1.0, 0.0, 0.0, 1.0])) for c in "abcd"]
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+                      policy.response_mask(resp, [1]), torch.tensor([1.0, 0.0, 0.0, 1.0])) for c in "abcd"]
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     rows = M.flatten_groups(groups, True, tok.pad_token_id)
     cfg = M.Config(minibatch_size=1, micro_batch_size=4, eps_low=0.2, eps_high=0.28, loss_agg="token_mean", grad_clip=1.0)

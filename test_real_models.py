@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import models
 import mtgrpo as M
+import policy
 import tasks
 from bench.smollm2 import qwen_tokenizer_dir, smollm2_dir
 
@@ -245,7 +246,7 @@ def test_chunked_logprobs_equal_full_logits_over_the_real_vocab(qwen_instruct):
         full.sum().backward()
         for chunk in (5, 2048):
             hc = hidden.clone().requires_grad_()
-            chunked = M.token_logprobs(hc, W, tokens, temperature, chunk_size=chunk)
+            chunked = policy.token_logprobs(hc, W, tokens, temperature, chunk_size=chunk)
             assert chunked.dtype == torch.float32 and chunked.shape == (3, 7)
             torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
             chunked.sum().backward()  # recomputed chunk by chunk in backward (checkpoint)
@@ -259,7 +260,7 @@ def test_chunked_logprobs_equal_full_logits_over_the_real_vocab(qwen_instruct):
         ref = _full_logits_logprobs(model, rows, responses, tok.pad_token_id)
         with torch.no_grad():
             for share in (False, True):
-                ours = M.policy_logprobs(model, rows, responses, tok.pad_token_id, share_prompts=share)
+                ours = policy.policy_logprobs(model, rows, responses, tok.pad_token_id, share_prompts=share)
                 torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
@@ -300,7 +301,7 @@ def test_smollm2_chat_rollout_stops_at_im_end(smol):
     _, prompts = _prompt_ids(tok, "countdown_easy", "chat", n=1)
     assert tok.decode(prompts[0]).endswith("<|im_end|>\n<|im_start|>assistant\n")
     torch.manual_seed(0)
-    (resp, mask), = M.generate(model, prompts, 4, max_new_tokens=48, pad_id=tok.pad_token_id, eos_ids=stop, temperature=0.3)
+    (resp, mask), = policy.generate(model, prompts, 4, max_new_tokens=48, pad_id=tok.pad_token_id, eos_ids=stop, temperature=0.3)
     stopped = [bool((r == im_end).any()) for r in resp]
     assert sum(stopped) >= 3, [tok.decode(r) for r in resp]  # seed 0 here: all 4, within 18 tokens
     for r, m, s in zip(resp, mask, stopped):
@@ -322,12 +323,12 @@ def test_smollm2_r1_rollout_and_chunked_logprobs_equal_full_logits(smol):
     _, prompts = _prompt_ids(tok, "countdown_easy", "r1", n=1)
     assert not set(prompts[0]) & set(tok.all_special_ids)
     torch.manual_seed(0)
-    (resp, mask), = M.generate(model, prompts, 2, max_new_tokens=12, pad_id=tok.pad_token_id,
+    (resp, mask), = policy.generate(model, prompts, 2, max_new_tokens=12, pad_id=tok.pad_token_id,
                                eos_ids=models.stop_token_ids(model, tok, "r1"))
     assert resp.shape == (2, 12) and ((0 <= resp) & (resp < len(tok))).all() and mask[:, 0].all()
     rows = prompts * 2
     with torch.no_grad():
-        ours = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
+        ours = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
     ref = _full_logits_logprobs(model, rows, resp, tok.pad_token_id)
     torch.testing.assert_close(ours * mask, ref * mask, atol=1e-4, rtol=0)
     mean = float((ours * mask).sum() / mask.sum())
@@ -376,7 +377,7 @@ def test_smollm2_mtgrpo_step_evaluation_and_exact_resume(smol_dir, tmp_path, mon
 
 
 def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
-    """The GPU path, bf16 autocast over fp32 master weights, run under CPU bf16 autocast (mtgrpo.autocast leaves the
+    """The GPU path, bf16 autocast over fp32 master weights, run under CPU bf16 autocast (policy.autocast leaves the
     caller's CPU autocast on) on the tiny Qwen2 with the real vocabulary: generate samples; the log-probs come back
     float32 and agree with fp32 within 1e-2 (bf16 keeps 8 significant bits, relative rounding 2^-9 per product; these
     small random logits give 1-2e-3); the no-grad pi_old pass equals the training forward bit for bit, so the first
@@ -388,17 +389,17 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
     torch.manual_seed(0)
     with bf16():
-        outs = M.generate(model, prompts, 2, max_new_tokens=8, pad_id=tok.pad_token_id, eos_ids=stop)
+        outs = policy.generate(model, prompts, 2, max_new_tokens=8, pad_id=tok.pad_token_id, eos_ids=stop)
     assert [o[0].shape[0] for o in outs] == [2, 2] and all(((0 <= r) & (r < len(tok))).all() for r, _ in outs)
     groups = [M.Group(0, p, r, m, torch.tensor(rw)) for p, (r, m), rw in zip(prompts, outs, ([1.0, 0.0], [0.0, 1.0]))]
     rows = M.flatten_groups(groups, unbiased=True, pad_id=tok.pad_token_id)
     idx = list(range(len(rows.prompts)))
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
 
     fp32 = M.batch_logprobs(logprobs, rows, idx, 8)
     with bf16():
         low = M.batch_logprobs(logprobs, rows, idx, 8)
-        low_policy = M.policy_logprobs(model, rows.prompts, rows.responses, tok.pad_token_id).detach()
+        low_policy = policy.policy_logprobs(model, rows.prompts, rows.responses, tok.pad_token_id).detach()
     assert low.dtype == low_policy.dtype == torch.float32
     assert 0 < float(((low - fp32).abs() * rows.mask).max()) < 1e-2
     assert float(((low_policy - fp32).abs() * rows.mask).max()) < 1e-2
@@ -436,12 +437,12 @@ def test_bf16_autocast_logprobs_on_real_weights(smol):
     stop = models.stop_token_ids(model, tok, "chat")
     _, prompts = _prompt_ids(tok, "countdown_easy", "chat", n=1)
     torch.manual_seed(0)
-    (resp, mask), = M.generate(model, prompts, 2, max_new_tokens=16, pad_id=tok.pad_token_id, eos_ids=stop, temperature=0.3)
+    (resp, mask), = policy.generate(model, prompts, 2, max_new_tokens=16, pad_id=tok.pad_token_id, eos_ids=stop, temperature=0.3)
     rows = prompts * 2
     with torch.no_grad():
-        fp32 = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
+        fp32 = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
+            low = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
     diff = (low - fp32).abs() * mask
     print(f"\nbf16 vs fp32 log-probs on SmolLM2: max {float(diff.max()):.4f}, mean {float(diff.sum() / mask.sum()):.4f} nats")
     assert low.dtype == torch.float32 and torch.isfinite(low).all()

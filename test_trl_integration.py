@@ -20,6 +20,7 @@ import torch.nn.functional as F
 pytest.importorskip("trl", reason="trl is not installed: pip install -r requirements-trl.txt")
 
 import mtgrpo  # noqa: E402
+import policy  # noqa: E402
 from integrations.trl_mtgrpo import (SKIP, MTGRPOConfig, MTGRPOTrainer, ScriptArguments,  # noqa: E402
                                      balance, minibatch_layout, per_task_reward, task_dataset, task_datasets)
 
@@ -194,7 +195,7 @@ def test_short_batch_update_equals_mtgrpo_policy_update(tiny_dir, tmp_path):
     assert all(s["step"] == 2 for s in adam_state(tr.optimizer, tr.model.parameters()))
     rows = rows_of(slots)
     opt = torch.optim.AdamW(initial.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
-    logprobs = functools.partial(mtgrpo.policy_logprobs, initial, pad_id=0, share_prompts=False)
+    logprobs = functools.partial(policy.policy_logprobs, initial, pad_id=0, share_prompts=False)
     cfg = SimpleNamespace(minibatch_size=2, micro_batch_size=64, eps_low=0.2, eps_high=0.28,
                           loss_agg="token_mean", grad_clip=1.0, improvement_agg="mean", improvement_clip=10.0)
     stats, old = mtgrpo.policy_update(logprobs, opt, rows, N, cfg)
@@ -250,7 +251,7 @@ def test_each_optimizer_step_is_divided_by_its_own_tokens(tiny_dir, tmp_path):
     (mbs, tasks), = tr.trained
     tokens = [float(mb["completion_mask"].sum()) for mb in mbs]
     assert len(grads) == 2 and tokens[0] != tokens[1]  # else the two normalizers would agree
-    logprobs = functools.partial(mtgrpo.policy_logprobs, tr.model, pad_id=0, share_prompts=False)
+    logprobs = functools.partial(policy.policy_logprobs, tr.model, pad_id=0, share_prompts=False)
     for mb, task, trl_grad in zip(mbs, tasks, grads):
         rec = GradRecorder(tr.model.parameters())
         rows = rows_of([(mb, task)])
@@ -790,7 +791,7 @@ def test_two_processes(tiny_dir, tmp_path, monkeypatch):
     old = torch.cat([F.pad(mb["old_per_token_logps"], (0, T - mb["old_per_token_logps"].shape[1]))
                      for mb, _ in slots])
     rec = GradRecorder(model.parameters())
-    logprobs = functools.partial(mtgrpo.policy_logprobs, model, pad_id=0, share_prompts=False)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=0, share_prompts=False)
     mtgrpo.grpo_update(logprobs, rec, rows, list(range(2 * N)), old, 64, 0.2, 0.28, "token_mean",
                        float("inf"))
     assert all(close(a, b) for f in first for a, b in zip(f["grads"], rec.grads[0]))

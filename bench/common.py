@@ -17,7 +17,7 @@ def suppress_tokens(model, ids: list[int]) -> Iterator[None]:
     [pad, EOS] every response is exactly max_new_tokens long (a random model would otherwise stop anywhere).
 
         with suppress_tokens(model, [pad_id, eos_id]):
-            outs = mtgrpo.generate(model, prompts, n, max_new_tokens=64, pad_id=pad_id, eos_ids=[eos_id])
+            outs = policy.generate(model, prompts, n, max_new_tokens=64, pad_id=pad_id, eos_ids=[eos_id])
     """
     def hook(module, args, logits: torch.Tensor) -> torch.Tensor:
         return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))

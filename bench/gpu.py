@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from common import suppress_tokens  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -95,7 +96,7 @@ def main() -> None:
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho = np.random.default_rng(0), np.zeros(K)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     print(f"model: {n_params / 1e6:.1f}M params, {'smoke shape' if a.smoke else 'Qwen2.5-0.5B shape'}, on {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
 
@@ -114,7 +115,7 @@ def main() -> None:
             t = time.perf_counter()
             prompts = [torch.randint(2, shape["vocab_size"], (a.prompt_len,)).tolist() for _ in range(int(counts.sum()))]
             with suppress_tokens(model, [pad_id, *eos_ids]):  # every response is exactly --response-len tokens
-                outs = M.generate(model, prompts, N, max_new_tokens=a.response_len, pad_id=pad_id, eos_ids=eos_ids,
+                outs = policy.generate(model, prompts, N, max_new_tokens=a.response_len, pad_id=pad_id, eos_ids=eos_ids,
                                   temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
             sync()
             figures = {"seconds": time.perf_counter() - t, "tokens": sum(int(m.sum()) for _, m in outs),

@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import models  # noqa: E402
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from smollm2 import smollm2_dir  # noqa: E402
 from tasks import load_task, make_prompt  # noqa: E402
 
@@ -46,18 +47,18 @@ def bf16_head_logprobs(hidden, weight, tokens, temperature=1.0, chunk_size=2048)
 def measure(name: str, model, tok, prompts: list[list[int]], n: int) -> None:
     torch.manual_seed(0)
     stop = models.stop_token_ids(model, tok, models.prompt_style("auto", model, tok))
-    outs = M.generate(model, prompts, n, max_new_tokens=32, pad_id=tok.pad_token_id, eos_ids=stop)
+    outs = policy.generate(model, prompts, n, max_new_tokens=32, pad_id=tok.pad_token_id, eos_ids=stop)
     rows = [p for p in prompts for _ in range(n)]
     T = max(r.shape[1] for r, _ in outs)
     pad = torch.nn.functional.pad
     resp = torch.cat([pad(r, (0, T - r.shape[1]), value=tok.pad_token_id) for r, _ in outs])
     mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1])) for _, m in outs])
     with torch.no_grad():
-        ref = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
+        ref = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            after = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
-            with mock.patch.object(M, "token_logprobs", bf16_head_logprobs):
-                before = M.policy_logprobs(model, rows, resp, tok.pad_token_id)
+            after = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
+            with mock.patch.object(policy, "token_logprobs", bf16_head_logprobs):
+                before = policy.policy_logprobs(model, rows, resp, tok.pad_token_id)
     tokens = int(mask.sum())
     for label, lp in (("bf16 lm_head (before)", before), ("fp32 lm_head (after)", after)):
         err = (lp - ref).abs() * mask
@@ -78,15 +79,15 @@ def cost() -> None:
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             for i in range(0, len(rows), 8):
-                M.policy_logprobs(model, rows[i:i + 8], responses[i:i + 8], tok.pad_token_id).sum().backward()
+                policy.policy_logprobs(model, rows[i:i + 8], responses[i:i + 8], tok.pad_token_id).sum().backward()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
     seconds: dict[str, list[float]] = {"bf16 head": [], "fp32 head": []}
     for rep in range(6):
         for label in seconds:
-            head = bf16_head_logprobs if label == "bf16 head" else M.token_logprobs
-            with mock.patch.object(M, "token_logprobs", head):
+            head = bf16_head_logprobs if label == "bf16 head" else policy.token_logprobs
+            with mock.patch.object(policy, "token_logprobs", head):
                 s = update_pass()
             if rep:  # the first of each is warm-up
                 seconds[label].append(s)

@@ -10,9 +10,9 @@ The trainer keeps fp32 master weights and runs bf16 autocast (README, "Precision
                 + one log-prob chunk  2048 tokens x V x 16 bytes (token_logprobs recomputes it in backward)
 
 rows = gen_batch_size rounded down to whole groups of N; gradients are freed after each optimizer step
-(zero_grad(set_to_none)), so generation holds none. The KV cache keeps keys in bf16 (speedups.kv_cache: under
+(zero_grad(set_to_none)), so generation holds none. The KV cache keeps keys in bf16 (policy.kv_cache: under
 autocast RoPE would make them fp32, 1.5x the cache). A micro-batch of R rows from U distinct prompts runs each
-prompt once (speedups.shared_prompt_hidden): U x prompt + R x response tokens of activations, plus the prompt's
+prompt once (policy.shared_prompt_hidden): U x prompt + R x response tokens of activations, plus the prompt's
 KV cache copied to its R rows (under --grad-checkpointing every row runs its prompt: R x (prompt + response)).
 Lengths are the flags' maxima: the worst case, not the typical step.
 
@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
-import speedups  # noqa: E402
+import policy  # noqa: E402
 
 GB = 1e9
 QWEN25 = {  # the released configs (config.json of Qwen/Qwen2.5-*), written out by hand; tie: tied embeddings
@@ -70,7 +70,7 @@ def step_memory(size: str, run: dict) -> dict[str, float]:
     rows = max(1, run["gen_batch_size"] // N) * N
     per_layer, outside = (SAVED_PER_TOKEN_CKPT if run.get("grad_checkpointing") else SAVED_PER_TOKEN)[size]
     R = run["micro_batch_size"]
-    if run.get("grad_checkpointing"):  # every row runs its own prompt (speedups.can_share says no), and one
+    if run.get("grad_checkpointing"):  # every row runs its own prompt (policy.can_share says no), and one
         act_tokens = R * (Lp + Lr)     # layer's activations exist again while it is recomputed in backward
         act = act_tokens * (per_layer * s["num_hidden_layers"] + outside + SAVED_PER_TOKEN[size][0])
     else:
@@ -101,7 +101,7 @@ def count_saved_bytes(shape: dict, tie: bool, layers: int, tokens: int, checkpoi
         return t
     prompt, response = [list(range(2, 2 + tokens // 2))], torch.arange(2, 2 + tokens - tokens // 2)[None]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        M.policy_logprobs(model, prompt, response, pad_id=0)
+        policy.policy_logprobs(model, prompt, response, pad_id=0)
     return sum(seen.values())
 
 
@@ -125,8 +125,8 @@ def check() -> None:
     cfg = Qwen2Config(**{**s, "num_hidden_layers": 2}, vocab_size=1000, pad_token_id=0, eos_token_id=1)
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        cache = speedups.kv_cache(model)
-        model(input_ids=torch.randint(2, 1000, (3, 40)), use_cache=True, **{speedups.cache_kwarg(type(model)): cache})
+        cache = policy.kv_cache(model)
+        model(input_ids=torch.randint(2, 1000, (3, 40)), use_cache=True, **{policy.cache_kwarg(type(model)): cache})
     got = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     want = 3 * 40 * kv_bytes_per_token({**s, "num_hidden_layers": 2})
     print(f"KV cache of 3 rows x 40 tokens, 2 layers of the 0.5B shape: {got:,} bytes, model {want:,} (keys {cache.layers[0].keys.dtype})")

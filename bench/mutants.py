@@ -1,8 +1,8 @@
 """
-How strong is the test suite? Apply single-point bugs ("mutants") to the method in mtgrpo.py, one at a time,
-and run the tests against each: a mutant the tests still pass on has "survived", and names a gap.
+How strong is the test suite? Apply single-point bugs ("mutants") to the method (mtgrpo.py, and the
+log-probs and response mask of policy.py), one at a time, and run the tests against each: a mutant the tests still pass on has "survived", and names a gap.
 
-Each mutant replaces one exact piece of mtgrpo.py's text (it must occur once; a mutant whose text is gone is
+Each mutant replaces one exact piece of text (it must occur once in the two files; a mutant whose text is gone is
 reported STALE, so the list keeps up with the code). The copy under test lives in a temporary directory:
 the working tree is never touched.
 
@@ -25,7 +25,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
+METHOD_FILES = ("mtgrpo.py", "policy.py")  # the method, and the log-probs and the mask it is made of
+
+MUTANTS = [  # (name, text in one of METHOD_FILES, its mutation)
     ("advantage_no_centering", "centred = rewards - rewards.mean(dim=1, keepdim=True)", "centred = rewards"),
     ("advantage_std_flipped", "keepdim=True, unbiased=unbiased)", "keepdim=True, unbiased=not unbiased)"),
     ("strict_keeps_all_wrong", "return (n_correct > 0) & (n_correct < rewards.shape[1])", "return n_correct < rewards.shape[1]"),
@@ -82,16 +84,18 @@ MUTANTS = [  # (name, text in mtgrpo.py, its mutation)
 
 def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[str, str, float]:
     """-> (KILLED | SURVIVED | STALE | TIMEOUT, the first failing test, seconds)."""
-    source = open(os.path.join(ROOT, "mtgrpo.py")).read()
-    if source.count(old) != 1:
-        return "STALE", f"its text occurs {source.count(old)} times in mtgrpo.py", 0.0
+    sources = {f: open(os.path.join(ROOT, f)).read() for f in METHOD_FILES}
+    found = [f for f, text in sources.items() for _ in range(text.count(old))]
+    if len(found) != 1:
+        return "STALE", f"its text occurs {len(found)} times in {' + '.join(METHOD_FILES)}", 0.0
     with tempfile.TemporaryDirectory() as d:
-        for item in ("models.py", "tasks.py", "verify.py", "support.py", "speedups.py", "test_mtgrpo.py",
-                     "test_tasks.py", "test_fidelity.py", "bench", "README.md"):
+        for item in ("models.py", "tasks.py", "verify.py", "support.py", "test_mtgrpo.py", "test_tasks.py",
+                     "test_fidelity.py", "bench", "README.md"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))
-        with open(os.path.join(d, "mtgrpo.py"), "w") as f:
-            f.write(source.replace(old, new))
+        for f, text in sources.items():
+            with open(os.path.join(d, f), "w") as out:
+                out.write(text.replace(old, new) if f == found[0] else text)
         t = time.perf_counter()
         try:
             p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=d,

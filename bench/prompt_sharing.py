@@ -2,15 +2,15 @@
 
 GRPO scores N responses per prompt. Run row by row, every prompt token is computed N times: in the
 generate() prefill (HF's num_return_sequences copies the prompt N times) and in every log-prob pass.
-`mtgrpo.generate` and `mtgrpo.policy_logprobs` (speedups.py) run each distinct prompt once and let its rows
+`policy.generate` and `policy.policy_logprobs` (policy.py) run each distinct prompt once and let its rows
 attend to its cache. This script times both ways in the same run, alternating, on the tiny Qwen2 of
 `models.build_tiny_model` (character tokens, so the r1 prompts are long: ~460 tokens for Countdown, ~1,400 for
 Zebra, ~800 for ARC-1D), N = 8, 8 prompts, responses of --response-len tokens:
 
-  - generation: `mtgrpo.generate` vs HF generate() with num_return_sequences=N (same sampling settings;
+  - generation: `policy.generate` vs HF generate() with num_return_sequences=N (same sampling settings;
     <pad> and EOS suppressed on both sides, so every response has --response-len tokens);
   - update: forward + backward over micro-batches of 8 rows (one group each), of
-    `mtgrpo.policy_logprobs` vs the row-by-row `policy_logprobs(share_prompts=False)`.
+    `policy.policy_logprobs` vs the row-by-row `policy_logprobs(share_prompts=False)`.
 
     python3 bench/prompt_sharing.py             # --response-len 128 --repeats 3 --threads 2
 
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from common import suppress_tokens  # noqa: E402
 from models import build_tiny_model, left_pad, load_model  # noqa: E402
 from tasks import load_task, make_prompt  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
 
         def gen_shared():
             with suppress_tokens(model, [pad, tok.eos_token_id]):
-                M.generate(model, prompts, N, max_new_tokens=T, pad_id=pad, eos_ids=[tok.eos_token_id],
+                policy.generate(model, prompts, N, max_new_tokens=T, pad_id=pad, eos_ids=[tok.eos_token_id],
                            temperature=1.0, top_p=1.0, gen_batch_size=PROMPTS * N)
 
         def gen_rows():  # the peer: HF generate's own num_return_sequences
@@ -88,7 +89,7 @@ def main() -> None:
         responses = torch.randint(2, len(tok), (len(rows), T), generator=torch.Generator().manual_seed(0))
 
         def update(share: bool):
-            logprobs = functools.partial(M.policy_logprobs, share_prompts=share)
+            logprobs = functools.partial(policy.policy_logprobs, share_prompts=share)
             model.zero_grad(set_to_none=True)
             for i in range(0, len(rows), MICRO):
                 logprobs(model, rows[i:i + MICRO], responses[i:i + MICRO], pad, 1.0).sum().backward()

@@ -2,7 +2,7 @@
 (4, 8, 16; responses of 64 tokens) and versus the response length T (64, 128, 256; N = 8).
 
 The step is the trainer's own phases in Algorithm 1 order, on the tiny Qwen2 of `models.build_tiny_model`:
-task weights z -> RP sampler (Algorithm 2: `mtgrpo.generate` + scoring + strict filter) -> old
+task weights z -> RP sampler (Algorithm 2: `policy.generate` + scoring + strict filter) -> old
 log-probs -> minibatch GRPO updates -> I_k pass (`policy_update`, `objective_change`) -> IWU (`update_task_weights`).
 B = 8 prompts ("Solve: a+b=" with 3 task labels), Config defaults otherwise: M_os = 3, so a round
 generates 24 prompts x N rollouts and the sampler trims the survivors to B; minibatches of 4 prompts
@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from common import suppress_tokens  # noqa: E402
 from models import build_tiny_model, load_model  # noqa: E402
 from trl_peer import w1_prompts  # noqa: E402
@@ -49,7 +50,7 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
     xi = torch.zeros(K, requires_grad=True)
     xi_opt = torch.optim.AdamW([xi], lr=cfg.xi_lr, weight_decay=cfg.xi_weight_decay)
     rng, rho, J = np.random.default_rng(seed), np.zeros(K), torch.zeros(K)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=tok.pad_token_id, temperature=cfg.temperature)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id, temperature=cfg.temperature)
     pool = [tok(p, add_special_tokens=False)["input_ids"] for p in w1_prompts(1000)]
     suppress = [tok.pad_token_id, tok.eos_token_id]  # fixed lengths: every response is T tokens
     out = []
@@ -61,7 +62,7 @@ def time_steps(model, tok, N: int, T: int, steps: int, seed: int = 0) -> dict[st
             t = time.perf_counter()
             ids = [pool[i] for i in rng.choice(len(pool), int(counts.sum()), replace=False)]
             with suppress_tokens(model, suppress):
-                outs = M.generate(model, ids, N, max_new_tokens=T, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+                outs = policy.generate(model, ids, N, max_new_tokens=T, pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
                                   temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
             gen_s += time.perf_counter() - t
             groups: list[list[M.Group]] = [[] for _ in range(K)]

@@ -10,7 +10,7 @@ AdamW lr 1e-6 with betas (0.9, 0.999) (TRL's adamw_torch_fused; fused if this to
 1.0. The prompts, reward, seeds and host-noise probes are imported from trl_peer.py, so both sides use
 the same definitions.
 
-A step is timed from prompt tokenisation to the end of optimizer.step: tokenise, `mtgrpo.generate`,
+A step is timed from prompt tokenisation to the end of optimizer.step: tokenise, `policy.generate`,
 decode + reward, `mtgrpo.flatten_groups` (advantages), `mtgrpo.grpo_update` (forward + loss, backward,
 clip, step, zero_grad). Step 1 is warm-up and left out of the median and min. Differences from TRL's
 step: no LR scheduler (TRL: linear decay, a few microseconds); advantages divide by std + 1e-6 (the
@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from common import suppress_tokens  # noqa: E402
 from models import build_tiny_model, load_model, stop_token_ids  # noqa: E402
 # W1's prompts, reward and the host-noise probes come from the peer script itself (bench/trl_peer.py; it
@@ -78,7 +79,7 @@ def measure(a, model, tok, workload: dict, prompts: list[str], reward: Callable[
         opt = torch.optim.AdamW(model.parameters(), **adamw, fused=True)
     except (RuntimeError, TypeError):  # no fused kernel in this torch
         opt = torch.optim.AdamW(model.parameters(), **adamw)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature)
     torch.manual_seed(workload["train_seed"])
     print(f"setup | params {sum(p.numel() for p in model.parameters()):,} | threads {torch.get_num_threads()} "
           f"| fused AdamW {opt.defaults.get('fused')} | stop ids {eos_ids} | suppressed {suppress} "
@@ -96,7 +97,7 @@ def measure(a, model, tok, workload: dict, prompts: list[str], reward: Callable[
         js = range(step * P, (step + 1) * P)
         ids = tok([prompts[j] for j in js], add_special_tokens=False)["input_ids"]
         with suppress_tokens(model, suppress):  # every completion is exactly T long
-            outs = M.generate(model, ids, N, max_new_tokens=T, pad_id=pad_id, eos_ids=eos_ids,
+            outs = policy.generate(model, ids, N, max_new_tokens=T, pad_id=pad_id, eos_ids=eos_ids,
                               temperature=cfg.temperature, top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size)
         t1 = time.perf_counter()
         groups = []

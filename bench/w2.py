@@ -9,9 +9,9 @@ rows (no old-logprob pass, KL 0), clip 0.2 both sides, token mean, AdamW lr 1e-6
 this torch has it), grad clip 1.0. W2's constants, prompts, suppressed ids and reward come from trl_w2.py, the
 host-noise probes from trl_peer.py, so both sides use the same definitions.
 
-A step is timed as in w1.py: tokenise, `mtgrpo.generate`, decode + reward, `mtgrpo.flatten_groups`,
+A step is timed as in w1.py: tokenise, `policy.generate`, decode + reward, `mtgrpo.flatten_groups`,
 `mtgrpo.grpo_update` (micro-batches of 8 rows, one prompt each, whose prompt is run once:
-`mtgrpo.policy_logprobs` with `speedups.shared_prompt_hidden`). Step 1 is warm-up. Differences from TRL's step: no LR scheduler; std + 1e-6 (TRL
+`policy.policy_logprobs` with `policy.shared_prompt_hidden`). Step 1 is warm-up. Differences from TRL's step: no LR scheduler; std + 1e-6 (TRL
 1e-4); each prompt is prefilled once for its 8 rollouts and its 8 log-prob rows (TRL runs all 32 rows' prompts).
 
     python3 bench/w2.py                  # --steps 4 --threads 2 are the defaults

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mtgrpo as M  # noqa: E402
+import policy  # noqa: E402
 from models import load_model, prompt_style, stop_token_ids, tokenize_tasks  # noqa: E402
 from tasks import load_tasks  # noqa: E402
 from verify import score  # noqa: E402
@@ -47,10 +48,10 @@ def main() -> None:
     K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     state = M.start_state(K, cfg, cfg.seed)
-    sample = functools.partial(M.generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
+    sample = functools.partial(policy.generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
                                eos_ids=eos_ids, gen_batch_size=cfg.gen_batch_size)
     score_rollouts = functools.partial(score, tokenizer=tokenizer)
-    logprobs = functools.partial(M.policy_logprobs, model, pad_id=pad_id)
+    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id)
     talk = {"on": False}
 
     def sample_round(counts: np.ndarray):
