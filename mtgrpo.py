@@ -24,10 +24,9 @@ Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidd
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -654,56 +653,36 @@ PRESETS: dict[str, dict[str, Any]] = {  # tiny: the CPU testbed (default with --
 def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     """Algorithm 1 with cfg's sampler and task weights. Writes out_dir/log.jsonl and checkpoints; -> the last
     eval record. `stop` is set by support.catch_signals on Ctrl-C / SIGTERM: save after this step and exit."""
-    from models import load_model, prompt_style, stop_token_ids, tokenize_tasks
-    from tasks import load_tasks
     from verify import score
-    support.validate(cfg)  # every input check comes before the model loads; a failed start leaves no files
-    ckpt, saved = support.read_checkpoint(cfg.resume) if cfg.resume else ("", {})
-    if saved and support.finished(ckpt, saved, cfg.steps):
+    run = support.start_run(cfg)  # checks, resume, out dir, tasks, model, tokenizer, prompt style, stop ids
+    if run is None:  # resumed at --steps already
         return {}
-    log_path = support.prepare_out_dir(cfg.out_dir, cfg.overwrite, ckpt)
-    loaded = load_tasks(cfg.tasks, cfg.n_train, cfg.eval_prompts, cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
-    style = prompt_style(cfg.prompt_style, model, tokenizer)  # auto: the chat template for instruct models
-    pad_id = tokenizer.pad_token_id
-    eos_ids = stop_token_ids(model, tokenizer, style)
-    tokenized = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, style)
-    names, train_sets, test_sets = tokenized
-    K, B, N = len(names), cfg.batch_size, cfg.num_rollouts
-    is_method = {m: all(getattr(cfg, k) == v for k, v in f.items()) for m, f in METHODS.items()}
-    method = next((m for m, same in is_method.items() if same), "custom")
+    model = run.model
+    pad_id = run.tokenizer.pad_token_id
+    K, B, N = len(run.names), cfg.batch_size, cfg.num_rollouts
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     state = start_state(K, cfg, cfg.seed)
-    if saved:
-        support.load_checkpoint(ckpt, saved, opt, state, log_path)
-    log = support.run_log(log_path, cfg, names)  # log.jsonl, and --report-to's trackers
-    if not saved:
-        log({"kind": "config", "method": method, **asdict(cfg)})
+    log = run.open_log(opt, state, METHODS)  # a resumed run's optimizer, loop state and log come back first
     sample = functools.partial(policy.generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
-                               eos_ids=eos_ids, temperature=cfg.temperature, top_p=cfg.top_p,
+                               eos_ids=run.eos_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                gen_batch_size=cfg.gen_batch_size, share_prompts=cfg.share_prompts)
-    score_rollouts = functools.partial(score, tokenizer=tokenizer, box_rule=cfg.box_rule)
+    score_rollouts = functools.partial(score, tokenizer=run.tokenizer, box_rule=cfg.box_rule)
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature,
                                  share_prompts=cfg.share_prompts)
-    support.print_start(cfg, method, device, names, style, log_path)
+    evaluate_at = functools.partial(evaluate, sample, score_rollouts, run.test_sets, run.names, cfg.eval_k)
 
     last_eval = {}
-    stop = stop if stop is not None else {}
-    t_start = time.perf_counter()
-    first = state.step
-    if first == 0:  # step 0, before any update: every "start vs end" comes from the log itself
-        log(evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed, step=0))
-    for step in range(first + 1, cfg.steps + 1):
+    if state.step == 0:  # step 0, before any update: every "start vs end" comes from the log itself
+        log(evaluate_at(cfg.seed, step=0))
+    for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         if cfg.prompt_pools:
             draw = pool_draws(state.rng, state.pools, refill_below=int(round(cfg.os_factor * B)))
         else:
             draw = step_draws(state.rng, K)
-        sample_round = functools.partial(rollout_round, data=train_sets, sample=sample, score=score_rollouts,
-                                         N=N, filter_mode=cfg.filter, draw=draw)
+        sample_round = functools.partial(rollout_round, data=run.train_sets, sample=sample,
+                                         score=score_rollouts, N=N, filter_mode=cfg.filter, draw=draw)
         # lines 2-3: task weights z, then generate, score and filter through the method's sampler
         z, batch = draw_batch(cfg, state, B, sample_round)
         update_accuracy(cfg, state, batch)  # J_k of line 6: the rollouts fix it
@@ -727,22 +706,12 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
         totals = step_totals(batch)
         rec = support.step_record(z, z_next, batch, totals, upd, state, improvement, time.perf_counter() - t0,
                                   sec=cfg.weighting == "sec")
-        log(rec)
-        remaining = (time.perf_counter() - t_start) / (step - first) * (cfg.steps - step)
-        print(support.progress_line(rec, cfg.steps, totals["total"] > 0, remaining), flush=True)
+        run.log_step(rec, totals["total"] > 0)  # log.jsonl, --report-to's trackers, the progress line
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            last_eval = evaluate(sample, score_rollouts, test_sets, names, cfg.eval_k, cfg.seed + step, step)
+            last_eval = evaluate_at(cfg.seed + step, step)
             log(last_eval)
-        if step == cfg.steps or stop or (cfg.save_every and step % cfg.save_every == 0):
-            ckpt = support.save_checkpoint(cfg.out_dir, model, tokenizer, opt, state, asdict(cfg), log_path,
-                                           cfg.keep_checkpoints)
-        if stop:  # Ctrl-C or SIGTERM: the step is done and saved
-            print(f"stopped after step {step}: checkpoint {ckpt}\n"
-                  f"resume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
-            log.close()
-            raise SystemExit(128 + stop["signum"])
-    log.close()
-    support.print_done(cfg, cfg.steps - first, time.perf_counter() - t_start, ckpt, log_path)
+        run.save(opt, state, stop)  # a checkpoint when due; after Ctrl-C / SIGTERM, one more and exit
+    run.done()
     return last_eval
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -751,14 +720,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def main(argv: list[str] | None = None, stop: dict[str, int] | None = None) -> int:
     """python mtgrpo.py ...: bad input exits 2 with one line naming the flag and the fix."""
-    cfg = None
     try:
-        cfg = parse_args(argv)
-        train(cfg, stop)
+        train(parse_args(argv), stop)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        if cfg and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
-            os.rmdir(cfg.out_dir)  # a failed start leaves nothing behind
         return 2
     return 0
 

@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -344,6 +344,98 @@ def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, remainin
              f"rounds {rec['rounds']}",
              f"loss {rec['loss']:+.2e}" if "loss" in rec else "no group survived: no update"]
     return " | ".join(parts)
+
+
+# --- The run around the loop: its setup, each step's end, its end -------------------------------------------
+@dataclass
+class Run:
+    """What mtgrpo.train() gets from its setup; its methods do the I/O around each step of the loop."""
+    cfg: Any
+    ckpt: str                  # the checkpoint resumed from, then the newest one saved
+    saved: dict[str, Any]      # that checkpoint's trainer state ({} on a fresh run)
+    log_path: str
+    device: torch.device
+    model: Any
+    tokenizer: Any
+    style: str                 # the prompt style: r1, chat or plain
+    eos_ids: list[int]         # the tokens that end a response
+    names: list[str]           # the K task names
+    train_sets: list           # per task: (examples, prompt ids)
+    test_sets: list
+    log: Callable = print      # open_log sets it: log(record) -> log.jsonl and --report-to's trackers
+    first: int = 0             # the step the run (re)starts from
+    t_start: float = 0.0
+
+    def open_log(self, opt: torch.optim.Optimizer, loop_state, methods: dict[str, dict]) -> Callable:
+        """A resumed run gets its optimizer, loop state and log back; a fresh one logs its config (and the
+        method it matches). Prints the run's header. -> log(record)."""
+        cfg = self.cfg
+        if self.saved:
+            load_checkpoint(self.ckpt, self.saved, opt, loop_state, self.log_path)
+        self.log = run_log(self.log_path, cfg, self.names)
+        same = {m: all(getattr(cfg, k) == v for k, v in f.items()) for m, f in methods.items()}
+        method = next((m for m, is_it in same.items() if is_it), "custom")
+        if not self.saved:
+            self.log({"kind": "config", "method": method, **asdict(cfg)})
+        print_start(cfg, method, self.device, self.names, self.style, self.log_path)
+        self.first = loop_state.step
+        self.t_start = time.perf_counter()
+        return self.log
+
+    def log_step(self, record: dict[str, Any], sampled: np.ndarray) -> None:
+        """The step's record to the log, and its progress line with the time left."""
+        self.log(record)
+        step = record["step"]
+        remaining = (time.perf_counter() - self.t_start) / (step - self.first) * (self.cfg.steps - step)
+        print(progress_line(record, self.cfg.steps, sampled, remaining), flush=True)
+
+    def save(self, opt: torch.optim.Optimizer, loop_state, stop: dict[str, int] | None) -> None:
+        """A checkpoint at the last step and every --save-every; after Ctrl-C / SIGTERM (stop set by
+        catch_signals) one more, then exit."""
+        cfg = self.cfg
+        step = loop_state.step
+        if step == cfg.steps or stop or (cfg.save_every and step % cfg.save_every == 0):
+            self.ckpt = save_checkpoint(cfg.out_dir, self.model, self.tokenizer, opt, loop_state, asdict(cfg),
+                                        self.log_path, cfg.keep_checkpoints)
+        if stop:  # the step is done and saved
+            print(f"stopped after step {step}: checkpoint {self.ckpt}\n"
+                  f"resume with: python mtgrpo.py --resume {cfg.out_dir}", flush=True)
+            self.log.close()
+            raise SystemExit(128 + stop["signum"])
+
+    def done(self) -> None:
+        """The end: close the log and print the summary of the run's evaluations."""
+        self.log.close()
+        print_done(self.cfg, self.cfg.steps - self.first, time.perf_counter() - self.t_start, self.ckpt,
+                   self.log_path)
+
+
+def start_run(cfg) -> Run | None:
+    """Everything before the first step that is not the method: the checks (all before anything loads, so a
+    failed start leaves no files), the checkpoint to resume, the out dir, the tasks, the model and tokenizer,
+    the prompt style and stop ids. None: the resumed run is at --steps already."""
+    from models import load_model, prompt_style, stop_token_ids, tokenize_tasks
+    from tasks import load_tasks
+    validate(cfg)
+    ckpt, saved = read_checkpoint(cfg.resume) if cfg.resume else ("", {})
+    if saved and finished(ckpt, saved, cfg.steps):
+        return None
+    log_path = prepare_out_dir(cfg.out_dir, cfg.overwrite, ckpt)
+    try:
+        loaded = load_tasks(cfg.tasks, cfg.n_train, cfg.eval_prompts, cfg.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(cfg.seed)  # the tiny model's init, then every torch sample of the run
+        model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing, seed=cfg.seed)
+        style = prompt_style(cfg.prompt_style, model, tokenizer)  # auto: chat template for instruct models
+        eos_ids = stop_token_ids(model, tokenizer, style)
+        tokenized = tokenize_tasks(loaded, tokenizer, cfg.eval_prompts, cfg.max_prompt_len, style)
+    except ValueError:
+        if not os.listdir(cfg.out_dir):
+            os.rmdir(cfg.out_dir)  # a failed start leaves nothing behind
+        raise
+    names, train_sets, test_sets = tokenized
+    return Run(cfg, ckpt, saved, log_path, device, model, tokenizer, style, eos_ids, names, train_sets,
+               test_sets)
 
 
 def print_start(cfg, method: str, device, names: list[str], style: str, log_path: str) -> None:

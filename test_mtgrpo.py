@@ -610,7 +610,7 @@ def test_metrics_hand_computed():
 
 
 def _cfg(tmp_path, **kw):
-    base = {**M.asdict(M.Config()), **M.PRESETS["tiny"]}
+    base = dict(M.PRESETS["tiny"])
     base.update(dict(steps=3, batch_size=4, minibatch_size=4, num_rollouts=4, eval_every=0, eval_k=2, eval_prompts=8,
                      n_train=200, max_resample_rounds=2, out_dir=str(tmp_path / "run")))
     base.update(kw)

@@ -36,7 +36,7 @@ def fmt(values) -> str:
 
 def main() -> None:
     torch.set_num_threads(1)  # float sums depend on the thread count: one thread, one answer on this machine
-    cfg = M.Config(**{**M.asdict(M.Config()), **M.PRESETS["tiny"], "minibatch_size": 4, "n_train": 200})
+    cfg = M.Config(**{**M.PRESETS["tiny"], "minibatch_size": 4, "n_train": 200})
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model("tiny", seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
