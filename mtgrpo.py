@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 import policy
 import support
-from support import check_distribution, check_sampler_args
+import tasks
+from support import arg, check_distribution, check_sampler_args
 
 # --- GRPO (Appendix B, Eq. 11-13) ---------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -282,35 +283,9 @@ class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter
     mask: torch.Tensor         # (N, T) response_mask: up to and including the first EOS
     rewards: torch.Tensor      # (N,) 1.0 / 0.1 / 0.0
 
-def step_draws(rng: np.random.Generator, K: int) -> Callable[[int, int, int], list[int]]:
-    """draw(k, count, size) -> count of task k's `size` prompts, without replacement within a step (across its
-    rounds); a task that runs out draws from all its prompts again."""
-    used: list[set] = [set() for _ in range(K)]
-
-    def draw(k: int, count: int, size: int) -> list[int]:
-        free = [i for i in range(size) if i not in used[k]]
-        if len(free) < count:  # a small task set runs out: reuse
-            free = list(range(size))
-        idx = rng.choice(free, size=count, replace=len(free) < count).tolist()
-        used[k].update(idx)
-        return idx
-    return draw
-
-def pool_draws(rng: np.random.Generator, pools: list[list[int]],
-               refill_below: int) -> Callable[[int, int, int], list[int]]:
-    """The released code's draws: each task's pool is drawn from the front, without replacement across steps;
-    a pool with fewer than refill_below (3B) prompts left gets a reshuffled full list appended to the rest."""
-    def draw(k: int, count: int, size: int) -> list[int]:
-        while len(pools[k]) < max(refill_below, count):
-            pools[k] += rng.permutation(size).tolist()
-        idx = pools[k][:count]
-        del pools[k][:count]
-        return idx
-    return draw
-
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable,
                   N: int, filter_mode: str, draw: Callable) -> tuple[list[list[Group]], dict[str, Any]]:
-    """Alg. 2 lines 5-9, the samplers' sample_round: draw (step_draws or pool_draws), sample N each, score,
+    """Alg. 2 lines 5-9, the samplers' sample_round: draw (tasks.prompt_draws), sample N each, score,
     filter. data[k] = (examples, prompt ids) of task k. The stats are from before the filter."""
     t = time.perf_counter()
     K = len(data)
@@ -534,28 +509,7 @@ def update_weights(cfg: Config, state: LoopState, trained: list[Group], improvem
         update_task_weights(state.xi, state.xi_opt, improvement, state.J, cfg.weighting, cfg.lam)
     state.step += 1
 
-# --- Evaluation (Sec. 6's metrics) --------------------------------------------------------------------------
-def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k: int, seed: int,
-             step: int) -> dict[str, Any]:
-    """The eval record: mean@k per task (the fraction correct over its P test prompts x k samples), the worst
-    task's (the headline) and their average. Sampled on a forked RNG: evaluating never changes training."""
-    acc = {}
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        torch.manual_seed(seed)
-        for name, (examples, ids) in zip(names, test):
-            correct = [(r == 1.0).double().mean() for r in score(examples, sample(ids, k))]
-            acc[name] = float(np.mean(correct))
-    worst = min(acc.values())
-    avg = sum(acc.values()) / len(acc)
-    per_task = " ".join(f"{t} {v:.3f}" for t, v in acc.items())
-    print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | {per_task}", flush=True)
-    return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
-
 # --- The run: Config (the paper's values, App. E), the loop (Algorithm 1), the entry point ------------------
-def arg(default: Any, help: str) -> Any:
-    """A Config field: a flag --field-name with this help text (support.py parses and checks it)."""
-    return field(default=default, metadata={"help": help})
-
 @dataclass
 class Config:
     # run
@@ -670,17 +624,15 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     score_rollouts = functools.partial(score, tokenizer=run.tokenizer, box_rule=cfg.box_rule)
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature,
                                  share_prompts=cfg.share_prompts)
-    evaluate_at = functools.partial(evaluate, sample, score_rollouts, run.test_sets, run.names, cfg.eval_k)
+    evaluate_at = functools.partial(support.evaluate, sample, score_rollouts, run.test_sets, run.names,
+                                    cfg.eval_k)
 
     last_eval = {}
     if state.step == 0:  # step 0, before any update: every "start vs end" comes from the log itself
         log(evaluate_at(cfg.seed, step=0))
     for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        if cfg.prompt_pools:
-            draw = pool_draws(state.rng, state.pools, refill_below=int(round(cfg.os_factor * B)))
-        else:
-            draw = step_draws(state.rng, K)
+        draw = tasks.prompt_draws(state.rng, K, state.pools, refill_below=int(round(cfg.os_factor * B)))
         sample_round = functools.partial(rollout_round, data=run.train_sets, sample=sample,
                                          score=score_rollouts, N=N, filter_mode=cfg.filter, draw=draw)
         # lines 2-3: task weights z, then generate, score and filter through the method's sampler

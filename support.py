@@ -1,8 +1,9 @@
 """
 What a run of mtgrpo.py needs but a reader of the method does not: flag parsing and validation, the output
-directory's rules, checkpoints, signals, and the log's records and summary. mtgrpo.py holds the method, the
-step and the loop; everything here could be swapped for a framework's own machinery without touching them.
-Nothing here imports mtgrpo.py: the trainer hands in what a function needs (its Config class, its loop state).
+directory's rules, checkpoints, signals, the log's records (evaluations too) and summary, and a run's setup
+(start_run). mtgrpo.py holds the method, the step and the loop; everything here could be swapped for a
+framework's own machinery without touching them. Nothing here imports mtgrpo.py: the trainer hands in what a
+function needs (its Config class, its loop state).
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 # --- Flags: every Config field is a flag --field-name; --preset and --method fill several; explicit flags win
+def arg(default: Any, help: str) -> Any:
+    """A Config field: a flag --field-name with this help text (parse_args below parses it)."""
+    return field(default=default, metadata={"help": help})
+
+
 # The values a flag may take. A field not named here takes any value of its type.
 CHOICES: dict[str, tuple[str, ...]] = {
     "prompt_style": ("auto", "r1", "chat", "plain"),
@@ -273,7 +279,7 @@ def load_checkpoint(ckpt: str, saved: dict[str, Any], opt: torch.optim.Optimizer
     shutil.copy(os.path.join(ckpt, "log.jsonl"), log_path)
 
 
-# --- The log: one JSON record per line (config, train steps, evaluations), a progress line, a summary -------
+# --- The log: one JSON record per line (config, train steps, evaluations: Sec. 6's metrics), a summary ---
 def log(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -344,6 +350,65 @@ def progress_line(rec: dict[str, Any], steps: int, sampled: np.ndarray, remainin
              f"rounds {rec['rounds']}",
              f"loss {rec['loss']:+.2e}" if "loss" in rec else "no group survived: no update"]
     return " | ".join(parts)
+
+
+def evaluate(sample: Callable, score: Callable, test: list, names: list[str], k: int, seed: int,
+             step: int) -> dict[str, Any]:
+    """Sec. 6's metrics, the eval record: mean@k per task (the fraction correct over its P test prompts x k
+    samples), the worst task's (the headline) and their average. Sampled on a forked RNG: evaluating never
+    changes training."""
+    acc = {}
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        for name, (examples, ids) in zip(names, test):
+            correct = [(r == 1.0).double().mean() for r in score(examples, sample(ids, k))]
+            acc[name] = float(np.mean(correct))
+    worst = min(acc.values())
+    avg = sum(acc.values()) / len(acc)
+    per_task = " ".join(f"{t} {v:.3f}" for t, v in acc.items())
+    print(f"eval step {step} | worst {worst:.3f} | avg {avg:.3f} | {per_task}", flush=True)
+    return {"kind": "eval", "step": step, "acc": acc, "worst": worst, "avg": avg}
+
+
+def print_start(cfg, method: str, device, names: list[str], style: str, log_path: str) -> None:
+    """The run's header: what trains on what, and the sizes derived from the flags."""
+    B = cfg.batch_size
+    print(f"mtgrpo | {method} | {cfg.model} on {device} | {', '.join(names)}\n"
+          f"  B={B} prompts x N={cfg.num_rollouts} | M_os*B={int(round(cfg.os_factor * B))} per round | "
+          f"{math.ceil(B / cfg.minibatch_size)} updates/step | {style} prompts | log {log_path}", flush=True)
+
+
+def print_done(cfg, steps: int, seconds: float, ckpt: str, log_path: str) -> None:
+    """The run's end: the summary of its evaluations, and how to go on."""
+    print(f"\ndone: {steps} steps in {seconds / 60:.1f} min\n"
+          f"{summary(log_path, cfg.eval_k, cfg.eval_prompts)}\n"
+          f"  checkpoint {ckpt}; train on: python mtgrpo.py --resume {cfg.out_dir} --steps MORE\n"
+          f"  log {log_path}; plots: python bench/plot.py {cfg.out_dir} --out {cfg.out_dir}/plots",
+          flush=True)
+
+
+def finished(ckpt: str, saved: dict[str, Any], steps: int) -> bool:
+    """A resumed run already at --steps has nothing to do: say so."""
+    done = saved["loop"]["step"] >= steps
+    if done:
+        print(f"{ckpt} is at step {saved['loop']['step']} of --steps {steps}: the run is finished "
+              "(raise --steps to go on)")
+    return done
+
+
+def summary(log_path: str, k: int, prompts: int) -> str:
+    """Each task's test accuracy at the first and the last evaluation of a log, and the noise to read them
+    against: the binomial std sqrt(p (1 - p) / (prompts k)) of a mean@k, at its largest over the values
+    shown."""
+    evals = [r for r in map(json.loads, open(log_path)) if r["kind"] == "eval"]
+    first, last = evals[0], evals[-1]
+    rows = [(t, first["acc"][t], last["acc"][t]) for t in last["acc"]]
+    rows += [("worst task", first["worst"], last["worst"]), ("average", first["avg"], last["avg"])]
+    std = max(math.sqrt(p * (1 - p) / (prompts * k)) for _, *ps in rows for p in ps)
+    lines = [f"  test accuracy, mean@{k} over {prompts} prompts per task (noise: binomial std <= {std:.3f})",
+             f"  {'':12s} step {first['step']:<5d} step {last['step']:<5d} change"]
+    lines += [f"  {t:12s} {x:10.3f} {y:10.3f} {y - x:+7.3f}" for t, x, y in rows]
+    return "\n".join(lines)
 
 
 # --- The run around the loop: its setup, each step's end, its end -------------------------------------------
@@ -436,47 +501,6 @@ def start_run(cfg) -> Run | None:
     names, train_sets, test_sets = tokenized
     return Run(cfg, ckpt, saved, log_path, device, model, tokenizer, style, eos_ids, names, train_sets,
                test_sets)
-
-
-def print_start(cfg, method: str, device, names: list[str], style: str, log_path: str) -> None:
-    """The run's header: what trains on what, and the sizes derived from the flags."""
-    B = cfg.batch_size
-    print(f"mtgrpo | {method} | {cfg.model} on {device} | {', '.join(names)}\n"
-          f"  B={B} prompts x N={cfg.num_rollouts} | M_os*B={int(round(cfg.os_factor * B))} per round | "
-          f"{math.ceil(B / cfg.minibatch_size)} updates/step | {style} prompts | log {log_path}", flush=True)
-
-
-def print_done(cfg, steps: int, seconds: float, ckpt: str, log_path: str) -> None:
-    """The run's end: the summary of its evaluations, and how to go on."""
-    print(f"\ndone: {steps} steps in {seconds / 60:.1f} min\n"
-          f"{summary(log_path, cfg.eval_k, cfg.eval_prompts)}\n"
-          f"  checkpoint {ckpt}; train on: python mtgrpo.py --resume {cfg.out_dir} --steps MORE\n"
-          f"  log {log_path}; plots: python bench/plot.py {cfg.out_dir} --out {cfg.out_dir}/plots",
-          flush=True)
-
-
-def finished(ckpt: str, saved: dict[str, Any], steps: int) -> bool:
-    """A resumed run already at --steps has nothing to do: say so."""
-    done = saved["loop"]["step"] >= steps
-    if done:
-        print(f"{ckpt} is at step {saved['loop']['step']} of --steps {steps}: the run is finished "
-              "(raise --steps to go on)")
-    return done
-
-
-def summary(log_path: str, k: int, prompts: int) -> str:
-    """Each task's test accuracy at the first and the last evaluation of a log, and the noise to read them
-    against: the binomial std sqrt(p (1 - p) / (prompts k)) of a mean@k, at its largest over the values
-    shown."""
-    evals = [r for r in map(json.loads, open(log_path)) if r["kind"] == "eval"]
-    first, last = evals[0], evals[-1]
-    rows = [(t, first["acc"][t], last["acc"][t]) for t in last["acc"]]
-    rows += [("worst task", first["worst"], last["worst"]), ("average", first["avg"], last["avg"])]
-    std = max(math.sqrt(p * (1 - p) / (prompts * k)) for _, *ps in rows for p in ps)
-    lines = [f"  test accuracy, mean@{k} over {prompts} prompts per task (noise: binomial std <= {std:.3f})",
-             f"  {'':12s} step {first['step']:<5d} step {last['step']:<5d} change"]
-    lines += [f"  {t:12s} {x:10.3f} {y:10.3f} {y - x:+7.3f}" for t, x, y in rows]
-    return "\n".join(lines)
 
 
 # --- Input checks of the method's functions (mtgrpo.py calls them) ------------------------------------------

@@ -34,7 +34,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LEVELS = ("easy", "medium", "hard", "very_hard")   # very_hard: evaluated, never trained, in the paper
 COUNTDOWN_NUMBERS = dict(easy=3, medium=4, hard=5, very_hard=6)
@@ -733,6 +736,44 @@ def make_prompt(ex: Example, style: str = "r1", tokenizer=None) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("prompt style 'chat' needs a tokenizer with a chat template; use --prompt-style r1 for base models")
     return tokenizer.apply_chat_template([{"role": "user", "content": ex.question}], tokenize=False, add_generation_prompt=True)
+
+
+# -----------------------------------------------------------------------------
+# Which of task k's train prompts a generation round draws (Alg. 2, lines 5 and 17: sample from D_k)
+
+def step_draws(rng: np.random.Generator, K: int) -> Callable[[int, int, int], list[int]]:
+    """draw(k, count, size) -> count of task k's `size` prompts, without replacement within a step (across its
+    rounds); a task that runs out draws from all its prompts again."""
+    used: list[set] = [set() for _ in range(K)]
+
+    def draw(k: int, count: int, size: int) -> list[int]:
+        free = [i for i in range(size) if i not in used[k]]
+        if len(free) < count:  # a small task set runs out: reuse
+            free = list(range(size))
+        idx = rng.choice(free, size=count, replace=len(free) < count).tolist()
+        used[k].update(idx)
+        return idx
+    return draw
+
+
+def pool_draws(rng: np.random.Generator, pools: list[list[int]],
+               refill_below: int) -> Callable[[int, int, int], list[int]]:
+    """The released code's draws: each task's pool is drawn from the front, without replacement across steps;
+    a pool with fewer than refill_below (3B) prompts left gets a reshuffled full list appended to the rest."""
+    def draw(k: int, count: int, size: int) -> list[int]:
+        while len(pools[k]) < max(refill_below, count):
+            pools[k] += rng.permutation(size).tolist()
+        idx = pools[k][:count]
+        del pools[k][:count]
+        return idx
+    return draw
+
+
+def prompt_draws(rng: np.random.Generator, K: int, pools: list[list[int]] | None,
+                 refill_below: int) -> Callable[[int, int, int], list[int]]:
+    """A step's draw(k, count, size): from prompt pools across steps when there are any (--prompt-pools, the
+    released code), else step_draws."""
+    return step_draws(rng, K) if pools is None else pool_draws(rng, pools, refill_below)
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 import mtgrpo as M
 import policy
+import tasks
 from models import build_tiny_model, load_model
 
 
@@ -140,12 +141,12 @@ def test_prompt_pools_draw_without_replacement_across_steps_and_refill():
     first = ref.permutation(5).tolist()
     second = ref.permutation(5).tolist()
     pools = [[]]
-    draw = M.pool_draws(rng, pools, refill_below=3)
+    draw = tasks.pool_draws(rng, pools, refill_below=3)
     assert draw(0, 2, 5) == first[:2]
     assert draw(0, 2, 5) == first[2:4]                     # 3 left: no refill
     assert draw(0, 2, 5) == [first[4], second[0]]          # 1 left < 3: the rest, then a reshuffled full list
     assert pools == [second[1:]]
-    step = M.step_draws(np.random.default_rng(7), 1)       # the default: a new step forgets its draws
+    step = tasks.step_draws(np.random.default_rng(7), 1)       # the default: a new step forgets its draws
     assert sorted(step(0, 5, 5)) == [0, 1, 2, 3, 4]
 
 

@@ -20,6 +20,7 @@ import torch
 import mtgrpo as M
 import policy
 import support
+import tasks
 from bench.metrics import average_relative_change, steps_to_threshold
 from models import build_tiny_model, left_pad, load_model
 
@@ -346,7 +347,7 @@ def test_a_steps_rounds_draw_prompts_without_replacement():
     sample = lambda prompts, n: [seen.append(p) or (torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1)) for p in prompts]  # noqa: E731
     score = lambda examples, outs: [torch.tensor([1.0, 0.0]) for _ in outs]  # noqa: E731
     data = [(list(range(5)), [[i] for i in range(5)])]
-    draw = M.step_draws(np.random.default_rng(0), 1)
+    draw = tasks.step_draws(np.random.default_rng(0), 1)
     for count in (3, 2):
         M.rollout_round(np.array([count]), data, sample, score, 2, "strict", draw)
     assert sorted(p[0] for p in seen) == [0, 1, 2, 3, 4]
@@ -596,7 +597,7 @@ def test_metrics_hand_computed():
     rewards = {"a": [[1, 0, 0.1, 1, 1], [1, 1, 1, 1, 0]], "b": [[0, 0, 0, 1, 0]]}
     score = lambda examples, outs: [torch.tensor(r) for r in rewards[examples[0]]]  # noqa: E731
     sample = lambda ids, k: [None] * len(ids)  # noqa: E731
-    rec = M.evaluate(sample, score, [(["a", "a"], [[1], [2]]), (["b"], [[3]])], ["a", "b"], k=5, seed=0, step=7)
+    rec = support.evaluate(sample, score, [(["a", "a"], [[1], [2]]), (["b"], [[3]])], ["a", "b"], k=5, seed=0, step=7)
     assert rec == {"kind": "eval", "step": 7, "acc": {"a": 0.7, "b": 0.2}, "worst": 0.2, "avg": pytest.approx(0.45, rel=1e-12)}
     acc = {"a": 0.5, "b": 0.2, "c": 0.9}
     base = {"a": 0.25, "b": 0.4, "c": 0.9}

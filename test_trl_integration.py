@@ -21,6 +21,7 @@ pytest.importorskip("trl", reason="trl is not installed: pip install -r requirem
 
 import mtgrpo  # noqa: E402
 import policy  # noqa: E402
+import support  # noqa: E402
 from integrations.trl_mtgrpo import (SKIP, MTGRPOConfig, MTGRPOTrainer, ScriptArguments,  # noqa: E402
                                      balance, minibatch_layout, per_task_reward, task_dataset, task_datasets)
 
@@ -537,9 +538,9 @@ def test_overridden_private_methods_keep_their_trl_signatures():
 # Evaluation
 
 
-def test_evaluation_is_mtgrpo_evaluate_and_leaves_training_alone(tiny_dir, tmp_path, splits):
+def test_evaluation_is_support_evaluate_and_leaves_training_alone(tiny_dir, tmp_path, splits):
     """mtgrpo_eval_steps 1 over 2 MT-GRPO steps: evaluations at steps 0, 1 and 2, logged as
-    eval/<task>/mean@4, eval/worst and eval/average, equal to mtgrpo.evaluate's on the same (scripted)
+    eval/<task>/mean@4, eval/worst and eval/average, equal to support.evaluate's on the same (scripted)
     samples. The training run is the same as one without evaluation: z, I and the weights."""
     from tasks import load_tasks
     tr = make_trainer(tiny_dir, tmp_path / "eval", eval_dataset=splits[1], max_steps=4,
@@ -550,7 +551,7 @@ def test_evaluation_is_mtgrpo_evaluate_and_leaves_training_alone(tiny_dir, tmp_p
     assert len(logged) == 3 and all(f"eval/{t}/mean@4" in r for r in logged for t in TASKS.split(","))
     test = [(te, [[0]] * len(te)) for _, te in load_tasks(TASKS, N_TRAIN, N_TEST, 0)]
     sample = lambda ids, k: [(torch.zeros(k, 1), torch.ones(k, 1)) for _ in ids]  # noqa: E731
-    ref = mtgrpo.evaluate(sample, Scripted().score, test, TASKS.split(","), N, 0, step=0)
+    ref = support.evaluate(sample, Scripted().score, test, TASKS.split(","), N, 0, step=0)
     assert 0 < ref["worst"] < ref["avg"] < 1
     for e, r in zip(tr.eval_history, logged):
         assert e["acc"] == pytest.approx(ref["acc"], abs=1e-12)

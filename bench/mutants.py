@@ -1,8 +1,9 @@
 """
-How strong is the test suite? Apply single-point bugs ("mutants") to the method (mtgrpo.py, and the
-log-probs and response mask of policy.py), one at a time, and run the tests against each: a mutant the tests still pass on has "survived", and names a gap.
+How strong is the test suite? Apply single-point bugs ("mutants") to the method (mtgrpo.py; the log-probs
+and response mask in policy.py; the prompt draws in tasks.py), one at a time, and run the tests against each:
+a mutant the tests still pass on has "survived", and names a gap.
 
-Each mutant replaces one exact piece of text (it must occur once in the two files; a mutant whose text is gone is
+Each mutant replaces one exact piece of text (it must occur once in those files; a mutant whose text is gone is
 reported STALE, so the list keeps up with the code). The copy under test lives in a temporary directory:
 the working tree is never touched.
 
@@ -25,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHOD_FILES = ("mtgrpo.py", "policy.py")  # the method, and the log-probs and the mask it is made of
+METHOD_FILES = ("mtgrpo.py", "policy.py", "tasks.py")  # the method; its log-probs and mask; prompt draws
 
 MUTANTS = [  # (name, text in one of METHOD_FILES, its mutation)
     ("advantage_no_centering", "centred = rewards - rewards.mean(dim=1, keepdim=True)", "centred = rewards"),
@@ -89,7 +90,7 @@ def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[
     if len(found) != 1:
         return "STALE", f"its text occurs {len(found)} times in {' + '.join(METHOD_FILES)}", 0.0
     with tempfile.TemporaryDirectory() as d:
-        for item in ("models.py", "tasks.py", "verify.py", "support.py", "test_mtgrpo.py", "test_tasks.py",
+        for item in ("models.py", "verify.py", "support.py", "test_mtgrpo.py", "test_tasks.py",
                      "test_fidelity.py", "bench", "README.md"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))

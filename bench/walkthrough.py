@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import mtgrpo as M  # noqa: E402
 import policy  # noqa: E402
 from models import load_model, prompt_style, stop_token_ids, tokenize_tasks  # noqa: E402
+import tasks  # noqa: E402
 from tasks import load_tasks  # noqa: E402
 from verify import score  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
             print(f"Alg. 2  rho (filter rates) = {fmt(state.rho)}")
             print(f"        inflation m = min(1/(1-rho), M_acc) = {fmt(m)}")
             print(f"line 3  RP sampler (Algorithm 2), M_os B = {int(cfg.os_factor * B)} prompts per round:")
-        sample_round.draw = M.step_draws(state.rng, K)
+        sample_round.draw = tasks.step_draws(state.rng, K)
         z, batch = M.draw_batch(cfg, state, B, sample_round)
         M.update_accuracy(cfg, state, batch)
         rows = M.flatten_groups(batch.groups, cfg.adv_std == "unbiased", pad_id)

@@ -39,6 +39,7 @@ from trl.data_utils import is_conversational
 
 import mtgrpo
 import support
+from tasks import prompt_draws
 
 def _ref(name: str) -> Any:
     """A field with mtgrpo.Config's default and help: the paper's values (App. E) have one home."""
@@ -307,7 +308,7 @@ class MTGRPOTrainer(GRPOTrainer):
         # the loop state's sampler RNG is seeded alike on every rank: every sampling decision agrees
         self.mt = mtgrpo.start_state(len(self.task_names), a, a.seed)
         self.mt_history: list[dict[str, Any]] = []  # one record per step, as mtgrpo.py's log.jsonl
-        self.eval_history: list[dict[str, Any]] = []  # one record per evaluation, as mtgrpo.evaluate's
+        self.eval_history: list[dict[str, Any]] = []  # one record per evaluation, as support.evaluate's
         self._pending: dict[str, Any] | None = None  # the step's batch until its I_k and IWU step are done
         self._round: dict[str, Any] | None = None  # the sampling round being generated and scored
         self._rounds = None  # the step's rounds while its batch is drawn
@@ -360,10 +361,8 @@ class MTGRPOTrainer(GRPOTrainer):
     def _sample_batch(self) -> list[dict[str, Any]]:
         a, t0 = self.args, time.perf_counter()
         self._rounds, self._kept, self._filler, self._seconds_gen, self._logp_rows = [], {}, None, 0.0, 0
-        if a.prompt_pools:  # the released code: without replacement across steps, refilled below M_os B
-            draw = mtgrpo.pool_draws(self.mt.rng, self.mt.pools, int(round(a.os_factor * self.B)))
-        else:
-            draw = mtgrpo.step_draws(self.mt.rng, len(self.task_names))
+        refill_below = int(round(a.os_factor * self.B))  # --prompt-pools (the released code): M_os B
+        draw = prompt_draws(self.mt.rng, len(self.task_names), self.mt.pools, refill_below)
 
         def sample_round(counts: np.ndarray):
             survivors, stats = mtgrpo.rollout_round(counts, self._pools, self._generate_round,
@@ -632,7 +631,7 @@ class MTGRPOTrainer(GRPOTrainer):
     # --- Evaluation (Sec. 6's metrics): mean@k per task, the worst task, the average ------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
-        """mean@k (k = eval_k) of every task on eval_dataset, as mtgrpo.evaluate: the fraction of its prompts
+        """mean@k (k = eval_k) of every task on eval_dataset, as support.evaluate: the fraction of its prompts
         x k samples with reward exactly 1.0. Rank r samples prompts r, r + W, ... (padded to equal counts);
         the rewards come back gathered, so every rank computes every task's value. Sampled on a forked torch
         RNG seeded by seed, step and rank: with HF generate, evaluating never changes training (vLLM has its
