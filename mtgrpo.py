@@ -325,24 +325,6 @@ def flatten_groups(groups: list[Group], unbiased: bool, pad_id: int) -> Rows:
                 adv=group_advantages(torch.stack([g.rewards for g in groups]), unbiased).reshape(-1),
                 task=torch.tensor([g.task for g in groups for _ in range(len(g.rewards))]))
 
-def chunks(idx: list[int], size: int) -> list[list[int]]:
-    return [idx[i:i + size] for i in range(0, len(idx), size)]
-
-def used_len(mask: torch.Tensor) -> int:
-    """Tokens up to the last unmasked one: a micro-batch's T is cut there (less padding to run)."""
-    return int(mask.sum(dim=0).nonzero().max()) + 1 if mask.any() else 1
-
-def batch_logprobs(logprobs: Callable, rows: Rows, idx: list[int], micro_batch_size: int) -> torch.Tensor:
-    """No-grad log-probs of rows idx -> (len(idx), T) float32 on the CPU, zero past each micro-batch's T."""
-    T = rows.responses.shape[1]
-    out = []
-    with torch.no_grad():
-        for ix in chunks(idx, micro_batch_size):
-            t = used_len(rows.mask[ix])
-            logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
-            out.append(F.pad(logp.float(), (0, T - t)))
-    return torch.cat(out).cpu() if out else torch.zeros(0, T)  # one copy to the host, not one per micro-batch
-
 def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx: list[int],
                 old_logp: torch.Tensor | None, micro_batch_size: int = 8, eps_low: float = 0.2,
                 eps_high: float = 0.28, loss_agg: str = "token_mean",
@@ -358,8 +340,8 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     # token_mean divides by the tokens of the whole minibatch, not of each micro-batch (tested: split == full)
     n_tok = max(float(rows.mask[idx].sum()), 1.0)
     normalizer = n_tok if loss_agg == "token_mean" else float(len(idx))
-    for j, ix in enumerate(chunks(idx, micro_batch_size)):
-        t = used_len(rows.mask[ix])
+    for j, ix in enumerate(policy.chunks(idx, micro_batch_size)):
+        t = policy.used_len(rows.mask[ix])
         start = j * micro_batch_size
         logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
         old = logp.detach() if old_logp is None else old_logp[start:start + len(ix), :t].to(logp.device)
@@ -382,7 +364,7 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
 
 def minibatches(rows: Rows, N: int, cfg: Config) -> list[list[int]]:
     """The update's minibatches of cfg.minibatch_size groups (N rows each), in batch order."""
-    return chunks(list(range(len(rows.prompts))), cfg.minibatch_size * N)
+    return policy.chunks(list(range(len(rows.prompts))), cfg.minibatch_size * N)
 
 def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N: int, cfg: Config,
                   after_minibatch: Callable | None = None) -> tuple[dict[str, float], torch.Tensor]:
@@ -395,7 +377,7 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N:
     parts = minibatches(rows, N, cfg)
     old_logp = torch.zeros_like(rows.mask)
     for mb in parts[1:]:  # none with one minibatch: its own forward is pi_old
-        old_logp[mb] = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
+        old_logp[mb] = policy.batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
     t1 = time.perf_counter()
     stats = []
     for j, mb in enumerate(parts):
@@ -415,7 +397,7 @@ def objective_change(logprobs: Callable, rows: Rows, old_logp: torch.Tensor, K: 
     """Algorithm 1, line 5, Eq. 8: I_k = J_GRPO,k(theta_t+1) - J_GRPO,k(theta_t) on this step's samples and
     pi_old, clipped to [-c, c]. One no-grad pass at theta_t+1, in the update's micro-batches; at theta_t the
     surrogate is A (ratio 1), so the "before" value needs no pass."""
-    new_logp = torch.cat([batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
+    new_logp = torch.cat([policy.batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
                           for mb in minibatches(rows, N, cfg)])
     surrogate = clipped_surrogate(new_logp, old_logp, rows.adv, cfg.eps_low, cfg.eps_high)
     after = task_objectives(surrogate, rows.mask, rows.task, K, cfg.improvement_agg)
@@ -430,7 +412,7 @@ def minibatch_iwu(logprobs: Callable, rows: Rows, K: int, cfg: Config, state: Lo
     then one step on xi. The passes cover each row once: as many rows as the per-step pass. Adds each I_k into
     `improvement` (K,), for the log."""
     def after_minibatch(mb: list[int], logp: torch.Tensor, old_logp: torch.Tensor) -> None:
-        new_logp = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
+        new_logp = policy.batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)
         adv, mask, task = rows.adv[mb], rows.mask[mb], rows.task[mb]
         surrogate_before = clipped_surrogate(logp.cpu(), old_logp, adv, cfg.eps_low, cfg.eps_high)
         surrogate_after = clipped_surrogate(new_logp, old_logp, adv, cfg.eps_low, cfg.eps_high)

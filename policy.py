@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from models import left_pad
 
 
+# --- Sampling: N responses per prompt -----------------------------------------------------------------------
 def autocast(device: torch.device):
     """bf16 autocast on GPU over fp32 master weights; on CPU whatever the caller set (fp32 by default)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -69,7 +71,7 @@ def generate(model, prompts: list[list[int]], n: int, *, max_new_tokens: int, pa
     return out
 
 
-# --- generate()'s speed-up: the prompt's KV cache made once for its n rows
+# --- generate()'s speed-up: the prompt's KV cache made once for its n rows ----------------------------------
 def kv_cache(model):
     """An empty KV cache that keeps keys in the values' dtype. Under bf16 autocast RoPE's fp32 cos/sin make
     the keys fp32 next to bf16 values (1.5x the cache); attention casts both to bf16 anyway: no result
@@ -107,6 +109,7 @@ def shared_prefill(model, ids: torch.Tensor, att: torch.Tensor, rows: torch.Tens
     return {cache_kwarg(type(model.base_model)): cache}
 
 
+# --- log pi_theta of given responses, in fp32 ---------------------------------------------------------------
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    chunk_size: int = 2048) -> torch.Tensor:
     """log pi(y_t | x, y_<t) at the sampling temperature, (R, T) float32, from hidden (R, T, H) and the
@@ -143,7 +146,7 @@ def response_hidden(model, prompts: list[list[int]], responses: torch.Tensor, pa
     return out.last_hidden_state[:, P - 1:P + T - 1]  # position P - 1 + t predicts y_t
 
 
-# --- policy_logprobs()'s speed-up: each distinct prompt run once
+# --- policy_logprobs()'s speed-up: each distinct prompt run once --------------------------------------------
 def can_share(model, prompts: list[list[int]]) -> bool:
     """A training pass can share prompts when some repeat, unless gradient checkpointing is on in train mode:
     HF then drops the KV cache of checkpointed layers, and the responses would lose their prompt."""
@@ -183,3 +186,26 @@ def policy_logprobs(model, prompts: list[list[int]], responses: torch.Tensor, pa
         else:
             hidden = response_hidden(model, prompts, responses, pad_id)
         return token_logprobs(hidden, model.get_output_embeddings().weight, responses, temperature)
+
+
+# --- No-grad passes in micro-batches: the update's shapes, less padding -------------------------------------
+def chunks(idx: list[int], size: int) -> list[list[int]]:
+    return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+
+def used_len(mask: torch.Tensor) -> int:
+    """Tokens up to the last unmasked one: a micro-batch's T is cut there (less padding to run)."""
+    return int(mask.sum(dim=0).nonzero().max()) + 1 if mask.any() else 1
+
+
+def batch_logprobs(logprobs: Callable, rows: Any, idx: list[int], micro_batch_size: int) -> torch.Tensor:
+    """No-grad log-probs of rows idx of mtgrpo.Rows -> (len(idx), T) float32 on the CPU, zero past each
+    micro-batch's T. logprobs(prompts, responses) -> (R, T): policy_logprobs bound to a model, or alike."""
+    T = rows.responses.shape[1]
+    out = []
+    with torch.no_grad():
+        for ix in chunks(idx, micro_batch_size):
+            t = used_len(rows.mask[ix])
+            logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
+            out.append(F.pad(logp.float(), (0, T - t)))
+    return torch.cat(out).cpu() if out else torch.zeros(0, T)  # one copy to the host, not one per micro-batch

@@ -162,7 +162,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny, agg):
     model, tok = tiny
     rows = _rows(tok)
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
-    old = M.batch_logprobs(logprobs, rows, list(range(6)), 6) - 0.05
+    old = policy.batch_logprobs(logprobs, rows, list(range(6)), 6) - 0.05
 
     def grads(micro):
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights alone
@@ -733,7 +733,7 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     model, tok = tiny
     rows = _rows(tok)
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
-    no_grad = M.batch_logprobs(logprobs, rows, list(range(6)), 4)
+    no_grad = policy.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     stats, used, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
     assert torch.equal(no_grad * rows.mask, used * rows.mask)

@@ -396,9 +396,9 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     idx = list(range(len(rows.prompts)))
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
 
-    fp32 = M.batch_logprobs(logprobs, rows, idx, 8)
+    fp32 = policy.batch_logprobs(logprobs, rows, idx, 8)
     with bf16():
-        low = M.batch_logprobs(logprobs, rows, idx, 8)
+        low = policy.batch_logprobs(logprobs, rows, idx, 8)
         low_policy = policy.policy_logprobs(model, rows.prompts, rows.responses, tok.pad_token_id).detach()
     assert low.dtype == low_policy.dtype == torch.float32
     assert 0 < float(((low - fp32).abs() * rows.mask).max()) < 1e-2

@@ -75,9 +75,9 @@ MUTANTS = [  # (name, text in one of METHOD_FILES, its mutation)
      "xi.grad = reward_l2_gradient(z, lam * accuracy, xi.detach(), 0.0)"),
     ("bf16_lm_head", "with torch.autocast(h_c.device.type, enabled=False):", "with contextlib.nullcontext():"),
     ("pi_old_across_minibatches", "    for mb in parts[1:]:  # none with one minibatch: its own forward is pi_old\n"
-     "        old_logp[mb] = batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)",
+     "        old_logp[mb] = policy.batch_logprobs(logprobs, rows, mb, cfg.micro_batch_size)",
      "    later = [i for mb in parts[1:] for i in mb]\n"
-     "    old_logp[later] = batch_logprobs(logprobs, rows, later, cfg.micro_batch_size)"),
+     "    old_logp[later] = policy.batch_logprobs(logprobs, rows, later, cfg.micro_batch_size)"),
     ("sec_times_temperature", "logits = q / temperature - np.max(q) / temperature",
      "logits = q * temperature - np.max(q) * temperature"),
 ]
