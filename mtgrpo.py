@@ -11,13 +11,9 @@ filtering has proportions z. One step of Algorithm 1, as `train()` runs it (and 
     update_weights(...)              # line 6: xi <- xi - beta g(I, J), Subroutine 1
 
 The default is the paper's algorithm; --preset released runs the released code's (README: "Where we differ").
-The model's side (sampling, log-probs, their speed-ups) is in policy.py; what a run needs but a reader does
-not (flags, checkpoints, signals, the log) in support.py; model loading in models.py; tasks and prompts in
-tasks.py; answer checking in verify.py.
-
-    python mtgrpo.py --model tiny           # CPU testbed, no download: a warm-started tiny Qwen2 on toy tasks
-    python mtgrpo.py --model Qwen2.5-0.5B   # one GPU: Countdown / Zebra / ARC-1D, medium variants
-
+Elsewhere: the model's side (sampling, log-probs, speed-ups) in policy.py; what a run needs but a reader does
+not (flags, checkpoints, signals, the log) in support.py; models.py, tasks.py, verify.py. Run it on the CPU
+testbed with `python mtgrpo.py --model tiny` (no download), on one GPU with `--model Qwen2.5-0.5B`.
 Shapes: B prompts, N rollouts per prompt, R rows (prompts x N), T tokens, H hidden, V vocab, K tasks.
 """
 
@@ -36,15 +32,13 @@ import torch.nn.functional as F
 import policy
 import support
 import tasks
-from support import arg, check_distribution, check_sampler_args
+from support import arg
 
 # --- GRPO (Appendix B, Eq. 11-13) ---------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Eq. 11: A_i = (R_i - mean(R)) / (std(R) + eps) within each group, (B, N) -> (B, N). The paper does not
     say which std; unbiased (N - 1) is the released code's and TRL's. [[1, 0]] -> [[0.7071, -0.7071]]."""
-    if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"rewards must have shape (B, N) with N >= 2 rollouts per prompt, "
-                         f"got {tuple(rewards.shape)}")
+    support.check_rewards(rewards, min_rollouts=2)
     centred = rewards - rewards.mean(dim=1, keepdim=True)
     return centred / (rewards.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
 
@@ -52,8 +46,7 @@ def zero_gradient_keep(rewards: torch.Tensor, mode: str = "strict") -> torch.Ten
     """The zero-gradient filter (Sec. 5), (B, N) -> keep (B,): strict (Exp. 1) drops groups with no or only
     correct responses; lenient (Exp. 2) every constant group, all-0.1 too (the released code keeps those;
     their A is 0)."""
-    if rewards.dim() != 2:
-        raise ValueError(f"rewards must have shape (B, N), got {tuple(rewards.shape)}")
+    support.check_rewards(rewards)
     if mode == "strict":
         n_correct = (rewards == 1.0).sum(dim=1)
         return (n_correct > 0) & (n_correct < rewards.shape[1])
@@ -77,9 +70,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
     old_logp, mask (R, T); adv (R,). token_mean (DAPO, the paper's runs) divides the token sum by the tokens;
     seq_mean (GRPO) averages per response first. Micro-batches pass their minibatch's count as `normalizer`.
     The stats stay tensors: no GPU sync."""
-    if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
-        shapes = [tuple(t.shape) for t in (logp, old_logp, mask, adv)]
-        raise ValueError(f"shape mismatch: want (R, T) x3 and (R,), got {shapes}")
+    support.check_loss_shapes(logp, old_logp, adv, mask)
     term = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
     if agg == "token_mean":
         total = (term * mask).sum()
@@ -120,17 +111,14 @@ def iwu_gradient(z: torch.Tensor, improvement: torch.Tensor, accuracy: torch.Ten
     """Subroutine 1, lines 3-4: s_k = I_k + lam J_k, g_k = z_k (s_k - sum_j z_j s_j), J_k the task's accuracy.
     Descending (line 5) raises tasks below the z-weighted mean of s: low accuracy, little improvement, or
     both. Example: z = [.5, .5], I = 0, J = [0, 1], lam = 1 -> g = [-.25, .25]."""
-    check_distribution(z)
-    if not (z.shape == improvement.shape == accuracy.shape):
-        shapes = [tuple(t.shape) for t in (z, improvement, accuracy)]
-        raise ValueError(f"z, improvement, accuracy must all have shape (K,), got {shapes}")
+    support.check_weight_args(z, improvement, accuracy)
     s = improvement + lam * accuracy
     return z * (s - (z * s).sum())
 
 def reward_l2_gradient(z: torch.Tensor, accuracy: torch.Tensor, xi: torch.Tensor, eta: float) -> torch.Tensor:
     """Subroutine 2 (App. F, Eq. 43-44), the ablation: g_k = z_k (J_k - sum_j z_j J_j) + eta xi_k. Accuracy
     alone collapses z onto the current worst task (Fig. 2); eta xi pulls xi back toward uniform."""
-    check_distribution(z)
+    support.check_distribution(z)
     return z * (accuracy - (z * accuracy).sum()) + eta * xi
 
 def sec_distribution(q: np.ndarray, temperature: float = 0.2) -> np.ndarray:
@@ -219,7 +207,7 @@ def rp_sample(z: np.ndarray, B: int, sample_round: Callable, rho: np.ndarray, rn
               inflate: bool = True) -> SampledBatch:
     """Algorithm 2, the RP sampler: a post-filter batch of B groups whose task shares follow z.
     os_factor = M_os, max_rounds = N_rs (rounds after the first), acc_cap = M_acc; inflate=False: m_k = 1."""
-    z, rho = check_sampler_args(z, B, rho, os_factor, max_rounds, acc_cap)
+    z, rho = support.check_sampler_args(z, B, rho, os_factor, max_rounds, acc_cap)
     K = len(z)
     n_gen = int(round(os_factor * B))
     n = rng.multinomial(B, z)                                                   # line 1: target counts
@@ -261,7 +249,7 @@ def dynamic_sample(z: np.ndarray, B: int, sample_round: Callable, rho: np.ndarra
     """The baselines' sampler (DAPO's): M_os B prompts by z per round until B survive the filter (or N_rs more
     rounds pass); the first B. GRPO: os_factor=1, max_rounds=0, no filter. A task filtered at rate rho_k gets
     a share ~ z_k (1 - rho_k) / sum_j z_j (1 - rho_j), not z_k (Fig. 12)."""
-    z, rho = check_sampler_args(z, B, rho, os_factor, max_rounds)
+    z, rho = support.check_sampler_args(z, B, rho, os_factor, max_rounds)
     batch = SampledBatch([], [], [], rho)
     kept: list[tuple[int, Any]] = []
     while len(kept) < B and batch.rounds <= max_rounds:
@@ -328,13 +316,11 @@ def flatten_groups(groups: list[Group], unbiased: bool, pad_id: int) -> Rows:
 def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx: list[int],
                 old_logp: torch.Tensor | None, micro_batch_size: int = 8, eps_low: float = 0.2,
                 eps_high: float = 0.28, loss_agg: str = "token_mean",
-                grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+                grad_clip: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
     """One optimizer step on minibatch idx (Eq. 13), over micro-batches. old_logp (len(idx), T), or None while
     theta = theta_old (the first minibatch): then this forward's own log-probs, detached, are pi_old.
-    -> (stats, the old log-probs used (on the CPU), this forward's log-probs (len(idx), T), detached, on
-    its device)."""
+    -> (stats, this forward's log-probs (len(idx), T), detached, on its device)."""
     T = rows.responses.shape[1]
-    used_old = []
     forward = []
     sums = None
     # token_mean divides by the tokens of the whole minibatch, not of each micro-batch (tested: split == full)
@@ -345,7 +331,6 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
         start = j * micro_batch_size
         logp = logprobs([rows.prompts[i] for i in ix], rows.responses[ix, :t])
         old = logp.detach() if old_logp is None else old_logp[start:start + len(ix), :t].to(logp.device)
-        used_old.append(F.pad(old.float(), (0, T - t)))
         forward.append(F.pad(logp.detach().float(), (0, T - t)))
         mask = rows.mask[ix, :t].to(logp.device)
         loss, st = grpo_loss(logp, old, rows.adv[ix].to(logp.device), mask, eps_low, eps_high, agg=loss_agg,
@@ -360,7 +345,7 @@ def grpo_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, idx:
     loss_sum, clip_sum, ratio_sum = sums.tolist()  # the one host sync of the update
     stats = {"loss": loss_sum, "grad_norm": float(grad_norm), "clip_frac": clip_sum / n_tok,
              "ratio_mean": ratio_sum / n_tok}
-    return stats, torch.cat(used_old).cpu(), torch.cat(forward)  # the forward's stays put: no host copy
+    return stats, torch.cat(forward)  # stays on its device: no host copy
 
 def minibatches(rows: Rows, N: int, cfg: Config) -> list[list[int]]:
     """The update's minibatches of cfg.minibatch_size groups (N rows each), in batch order."""
@@ -371,8 +356,7 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N:
     """Algorithm 1, line 4: one optimizer step per minibatch of cfg.minibatch_size groups (the paper: 4 per
     step). pi_old of minibatches 2.. is a no-grad pass at theta_t over the same micro-batches as the update's
     forward, so that at theta_t their ratio is exactly 1 in any precision. after_minibatch(mb, log-probs of
-    its forward, its pi_old) runs after each step (the released code's IWU).
-    -> (stats, pi_old (R, T) of every row)."""
+    its forward, its pi_old) runs after each step (the released code's IWU). -> (stats, pi_old (R, T))."""
     t0 = time.perf_counter()
     parts = minibatches(rows, N, cfg)
     old_logp = torch.zeros_like(rows.mask)
@@ -381,9 +365,11 @@ def policy_update(logprobs: Callable, opt: torch.optim.Optimizer, rows: Rows, N:
     t1 = time.perf_counter()
     stats = []
     for j, mb in enumerate(parts):
-        st, old_logp[mb], logp = grpo_update(logprobs, opt, rows, mb, None if j == 0 else old_logp[mb],
-                                             cfg.micro_batch_size, cfg.eps_low, cfg.eps_high, cfg.loss_agg,
-                                             cfg.grad_clip)
+        old = None if j == 0 else old_logp[mb]  # None: theta = theta_old, its forward is its own pi_old
+        st, logp = grpo_update(logprobs, opt, rows, mb, old, cfg.micro_batch_size, cfg.eps_low, cfg.eps_high,
+                               cfg.loss_agg, cfg.grad_clip)
+        if j == 0:
+            old_logp[mb] = logp.cpu()
         stats.append(st)
         if after_minibatch is not None:
             after_minibatch(mb, logp, old_logp[mb])
@@ -424,8 +410,7 @@ def minibatch_iwu(logprobs: Callable, rows: Rows, K: int, cfg: Config, state: Lo
     return after_minibatch
 
 # --- One step of Algorithm 1, shared by train() below and integrations/trl_mtgrpo.py ------------------------
-# The functions below read their settings from `cfg`: this file's Config or the TRL integration's MTGRPOConfig
-# which has the same field names.
+# They read their settings from `cfg`: this file's Config, or the TRL integration's (the same field names).
 @dataclass
 class LoopState:  # what Algorithm 1 carries from one step to the next besides theta and its optimizer
     xi: torch.Tensor                # (K,) task-weight logits, z = softmax(xi); xi_0 = 0 (uniform)
@@ -468,8 +453,7 @@ def step_totals(batch: SampledBatch) -> dict[str, Any]:
 def update_accuracy(cfg: Config, state: LoopState, batch: SampledBatch) -> None:
     """J_k, Subroutine 1's reward level: the accuracy of task k's rollouts this step, before the filter (a
     task not sampled keeps its last J). With cfg.accuracy_decay d > 0 (the released code: 0.5), an EMA
-    J_k <- d J_k + (1 - d) acc_k over every generation round of the step. The rollouts fix J, so it is known
-    before the update."""
+    J_k <- d J_k + (1 - d) acc_k over every generation round of the step."""
     rounds = batch.stats if cfg.accuracy_decay > 0 else [step_totals(batch)]
     for totals in rounds:
         sampled = torch.from_numpy(totals["total"] > 0)
@@ -593,19 +577,19 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     run = support.start_run(cfg)  # checks, resume, out dir, tasks, model, tokenizer, prompt style, stop ids
     if run is None:  # resumed at --steps already
         return {}
-    model = run.model
     pad_id = run.tokenizer.pad_token_id
     K, B, N = len(run.names), cfg.batch_size, cfg.num_rollouts
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     state = start_state(K, cfg, cfg.seed)
     log = run.open_log(opt, state, METHODS)  # a resumed run's optimizer, loop state and log come back first
-    sample = functools.partial(policy.generate, model, max_new_tokens=cfg.max_response_len, pad_id=pad_id,
-                               eos_ids=run.eos_ids, temperature=cfg.temperature, top_p=cfg.top_p,
-                               gen_batch_size=cfg.gen_batch_size, share_prompts=cfg.share_prompts)
+    sample = functools.partial(policy.generate, run.model, max_new_tokens=cfg.max_response_len,
+                               pad_id=pad_id, eos_ids=run.eos_ids, temperature=cfg.temperature,
+                               top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size,
+                               share_prompts=cfg.share_prompts)
     score_rollouts = functools.partial(score, tokenizer=run.tokenizer, box_rule=cfg.box_rule)
-    logprobs = functools.partial(policy.policy_logprobs, model, pad_id=pad_id, temperature=cfg.temperature,
-                                 share_prompts=cfg.share_prompts)
+    logprobs = functools.partial(policy.policy_logprobs, run.model, pad_id=pad_id,
+                                 temperature=cfg.temperature, share_prompts=cfg.share_prompts)
     evaluate_at = functools.partial(support.evaluate, sample, score_rollouts, run.test_sets, run.names,
                                     cfg.eval_k)
 

@@ -511,6 +511,28 @@ def check_distribution(z, name: str = "z") -> None:
                          f"got {z}")
 
 
+def check_rewards(rewards: torch.Tensor, min_rollouts: int = 1) -> None:
+    if rewards.dim() != 2 or rewards.shape[1] < min_rollouts:
+        if min_rollouts > 1:
+            raise ValueError(f"rewards must have shape (B, N) with N >= {min_rollouts} rollouts per prompt, "
+                             f"got {tuple(rewards.shape)}")
+        raise ValueError(f"rewards must have shape (B, N), got {tuple(rewards.shape)}")
+
+
+def check_loss_shapes(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                      mask: torch.Tensor) -> None:
+    if not (logp.shape == old_logp.shape == mask.shape and adv.shape == logp.shape[:1]):
+        shapes = [tuple(t.shape) for t in (logp, old_logp, mask, adv)]
+        raise ValueError(f"shape mismatch: want (R, T) x3 and (R,), got {shapes}")
+
+
+def check_weight_args(z: torch.Tensor, improvement: torch.Tensor, accuracy: torch.Tensor) -> None:
+    check_distribution(z)
+    if not (z.shape == improvement.shape == accuracy.shape):
+        shapes = [tuple(t.shape) for t in (z, improvement, accuracy)]
+        raise ValueError(f"z, improvement, accuracy must all have shape (K,), got {shapes}")
+
+
 def check_sampler_args(z, B: int, rho, os_factor: float, max_rounds: int,
                        acc_cap: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A sampler's inputs as float64 arrays, or a ValueError naming the argument."""

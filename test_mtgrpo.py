@@ -735,9 +735,9 @@ def test_old_logprob_pass_equals_training_forward(tiny):
     logprobs = functools.partial(policy.policy_logprobs, model, pad_id=tok.pad_token_id)
     no_grad = policy.batch_logprobs(logprobs, rows, list(range(6)), 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats, used, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
-    assert torch.equal(no_grad * rows.mask, used * rows.mask)
-    stats, _, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
+    stats, forward = M.grpo_update(logprobs, opt, rows, list(range(6)), None, micro_batch_size=4)
+    assert torch.equal(no_grad * rows.mask, forward * rows.mask)
+    stats, _ = M.grpo_update(logprobs, opt, rows, list(range(6)), no_grad, micro_batch_size=4)
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0
 
 

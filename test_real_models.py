@@ -410,16 +410,16 @@ def test_bf16_autocast_generate_logprobs_and_update(qwen_dirs):
     def step_delta(opt, autocast: bool):
         ctx = bf16() if autocast else torch.autocast("cpu", enabled=False)
         with ctx:
-            stats, used_old, _ = M.grpo_update(logprobs, opt, rows, idx, None, micro_batch_size=8)
+            stats, forward = M.grpo_update(logprobs, opt, rows, idx, None, micro_batch_size=8)
         delta = torch.cat([(p.detach() - s).flatten() for p, s in zip(params, start)])
         with torch.no_grad():
             for p, s in zip(params, start):
                 p.copy_(s)
-        return stats, used_old, delta
+        return stats, forward, delta
 
-    stats, used_old, delta = step_delta(torch.optim.AdamW(params, lr=1e-6), autocast=True)
+    stats, forward, delta = step_delta(torch.optim.AdamW(params, lr=1e-6), autocast=True)
     assert all(p.dtype == torch.float32 for p in params)
-    assert torch.equal(used_old * rows.mask, low * rows.mask)  # pi_old of the first minibatch: this very forward
+    assert torch.equal(forward * rows.mask, low * rows.mask)  # pi_old of the first minibatch: this very forward
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac"] == 0.0 and math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
     assert 5e-7 < float(delta.abs().max()) < 2e-6 and int((delta != 0).sum()) > 1000
     _, _, sgd_bf16 = step_delta(torch.optim.SGD(params, lr=1.0), autocast=True)

@@ -57,7 +57,7 @@ MUTANTS = [  # (name, text in one of METHOD_FILES, its mutation)
     ("dynamic_keeps_all", "batch.groups = [g for _, g in kept[:B]]\n    batch.tasks = [k for k, _ in kept[:B]]",
      "batch.groups = [g for _, g in kept]\n    batch.tasks = [k for k, _ in kept]"),
     ("micro_batch_own_normalizer", "normalizer=normalizer)", "normalizer=None)"),
-    ("stale_pi_old", "None if j == 0 else old_logp[mb],", "None,"),
+    ("stale_pi_old", "old = None if j == 0 else old_logp[mb]", "old = None"),
     ("xi_adamw_ascends", "[kind]([xi], lr, weight_decay=decay)", "[kind]([xi], lr, weight_decay=decay, maximize=True)"),
     # fidelity (issue 21): Eq. 8's sign in the step, J from every rollout, the released pieces, precision
     ("improvement_sign_in_step", "return task_improvement(before, after, cfg.improvement_clip)",

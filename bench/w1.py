@@ -106,7 +106,7 @@ def measure(a, model, tok, workload: dict, prompts: list[str], reward: Callable[
             groups.append(M.Group(0, p, resp, mask, torch.tensor(reward(j, texts))))
         rows = M.flatten_groups(groups, unbiased=True, pad_id=pad_id)  # Eq. 11 advantages, (P * N,)
         t2 = time.perf_counter()
-        st, _, _ = M.grpo_update(logprobs, opt, rows, list(range(len(rows.prompts))), None, cfg.micro_batch_size,
+        st, _ = M.grpo_update(logprobs, opt, rows, list(range(len(rows.prompts))), None, cfg.micro_batch_size,
                               cfg.eps_low, cfg.eps_high, cfg.loss_agg, cfg.grad_clip)
         t3 = time.perf_counter()
         assert rows.responses.shape == (P * N, T) and bool(rows.mask.all())

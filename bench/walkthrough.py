@@ -64,11 +64,11 @@ def main() -> None:
         return survivors, stats
 
     def grpo_update(*args, **kwargs):
-        stats, old, logp = plain_update(*args, **kwargs)
+        stats, logp = plain_update(*args, **kwargs)
         if talk["on"]:
             print(f"  minibatch of {len(args[3]) // N} groups: loss {stats['loss']:+.4f}, "
                   f"grad norm {stats['grad_norm']:.3f}, ratio mean {stats['ratio_mean']:.4f}")
-        return stats, old, logp
+        return stats, logp
 
     plain_update = M.grpo_update
     M.grpo_update = grpo_update  # policy_update calls the module's grpo_update: this one listens in
