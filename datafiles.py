@@ -26,7 +26,7 @@ import os
 import random
 from typing import Iterator
 
-from tasks import Example
+from example import Example
 
 EXTENSIONS = (".jsonl", ".parquet")
 KEYS = ("prompt", "answer", "verifier", "task", "info", "split")

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from tasks import Example, load_task, make_prompt
+from example import Example
+from tasks import load_task, make_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 
-from tasks import LEVELS, Example
+from example import LEVELS, Example
 
 PREFIX = "rg:"
 RG_SEED_STRIDE = 1_000_000   # run seed s: test from seed s * STRIDE, train from s * STRIDE + STRIDE // 2

@@ -32,29 +32,20 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
+
+from example import LEVELS, Example
 
 if TYPE_CHECKING:
     import numpy as np
 
-LEVELS = ("easy", "medium", "hard", "very_hard")   # very_hard: evaluated, never trained, in the paper
 COUNTDOWN_NUMBERS = dict(easy=3, medium=4, hard=5, very_hard=6)
 ZEBRA_SIZE = dict(easy=3, medium=4, hard=5, very_hard=6)
 ARC_LENGTH = dict(easy=10, medium=20, hard=30, very_hard=40)
 TOY_TASKS = ("toy_copy", "toy_next", "toy_first", "toy_sum")
 TASK_NAMES = tuple(f"{family}_{level}" for family in ("countdown", "zebra", "arc1d") for level in LEVELS) + TOY_TASKS
 MAX_TRAIN = 10_000   # the released data's largest split
-
-
-@dataclass(frozen=True)
-class Example:
-    task: str          # task name, e.g. "countdown_medium"
-    question: str      # the task text, ending with its answer-format instruction
-    answer: str        # a gold answer (for Countdown: one valid expression of many)
-    verifier: str      # which check verify.reward applies: countdown | name | grid | exact | toy
-    info: dict = field(default_factory=dict, compare=False, hash=False)   # what the verifier needs
 
 
 # -----------------------------------------------------------------------------

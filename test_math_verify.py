@@ -9,7 +9,7 @@ import pytest
 
 import sandbox
 import verify
-from tasks import Example
+from example import Example
 
 
 def boxed(answer: str) -> str:

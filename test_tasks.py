@@ -13,7 +13,7 @@ import pytest
 
 import tasks
 import verify
-from tasks import Example
+from example import Example
 
 
 def boxed(answer: str) -> str:

@@ -236,7 +236,7 @@ def _toy_reward(completion: str, ex) -> float:
 
 def reward(completion: str, ex, box_rule: str = "last") -> float:
     """The paper's reward: 1.0 correct, 0.1 a boxed but wrong answer, 0.0 no (closed, non-empty) box.
-    `ex` is a tasks.Example; its `verifier` picks the check. Never raises on any completion string."""
+    `ex` is an example.Example; its `verifier` picks the check. Never raises on any completion string."""
     return rewards([completion], [ex], box_rule)[0]
 
 

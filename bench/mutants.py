@@ -90,7 +90,7 @@ def run(name: str, old: str, new: str, tests: list[str], timeout: int) -> tuple[
     if len(found) != 1:
         return "STALE", f"its text occurs {len(found)} times in {' + '.join(METHOD_FILES)}", 0.0
     with tempfile.TemporaryDirectory() as d:
-        for item in ("models.py", "verify.py", "support.py", "test_mtgrpo.py", "test_tasks.py",
+        for item in ("models.py", "example.py", "verify.py", "support.py", "test_mtgrpo.py", "test_tasks.py",
                      "test_fidelity.py", "bench", "README.md"):
             src = os.path.join(ROOT, item)
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, item))

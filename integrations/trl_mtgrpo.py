@@ -167,7 +167,7 @@ def verify_reward(completions: list, answer: list, verifier: list, info: list, t
                   **_) -> list[float]:
     """A TRL reward function scoring by verify.py (1.0 correct, 0.1 boxed but wrong, 0.0 no box): the dataset
     carries task_dataset's columns answer, verifier and info (JSON)."""
-    from tasks import Example
+    from example import Example
     from verify import rewards
     text = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     examples = [Example(t, "", a, v, json.loads(i)) for a, v, i, t in zip(answer, verifier, info, task)]
