@@ -268,7 +268,7 @@ class Group:  # one prompt and its N rollouts: the unit the zero-gradient filter
     task: int
     prompt_ids: list[int]
     response: torch.Tensor     # (N, T) sampled token ids, pad after the first EOS
-    mask: torch.Tensor         # (N, T) response_mask: up to and including the first EOS
+    mask: torch.Tensor         # (N, T) policy.response_mask: up to and including the first EOS
     rewards: torch.Tensor      # (N,) 1.0 / 0.1 / 0.0
 
 def rollout_round(counts: np.ndarray, data: list[tuple[list, list]], sample: Callable, score: Callable,
