@@ -427,7 +427,7 @@ class Run:
     names: list[str]           # the K task names
     train_sets: list           # per task: (examples, prompt ids)
     test_sets: list
-    log: Callable = print      # open_log sets it: log(record) -> log.jsonl and --report-to's trackers
+    log: Callable | None = None  # open_log sets it: log(record) -> log.jsonl and --report-to's trackers
     first: int = 0             # the step the run (re)starts from
     t_start: float = 0.0
 
@@ -512,11 +512,11 @@ def check_distribution(z, name: str = "z") -> None:
 
 
 def check_rewards(rewards: torch.Tensor, min_rollouts: int = 1) -> None:
-    if rewards.dim() != 2 or rewards.shape[1] < min_rollouts:
-        if min_rollouts > 1:
-            raise ValueError(f"rewards must have shape (B, N) with N >= {min_rollouts} rollouts per prompt, "
-                             f"got {tuple(rewards.shape)}")
+    if rewards.dim() != 2:
         raise ValueError(f"rewards must have shape (B, N), got {tuple(rewards.shape)}")
+    if rewards.shape[1] < min_rollouts:
+        raise ValueError(f"rewards must have shape (B, N) with N >= {min_rollouts} rollouts per prompt, "
+                         f"got {tuple(rewards.shape)}")
 
 
 def check_loss_shapes(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,

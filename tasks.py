@@ -21,8 +21,9 @@ another test output, is drawn again.
     train, test = load_task("countdown_medium", n_train=1000, n_test=200, seed=0)
     text = make_prompt(train[0], style="r1")        # the released code's raw wrapper
 
-This module says what to learn and needs only the standard library; models.py loads what learns it (the model,
-its tokenizer, the tiny CPU testbed) and tokenizes these prompts for it.
+This module says what to learn, and which prompts each generation round draws (step_draws, pool_draws); it needs
+only the standard library. models.py loads what learns it (the model, its tokenizer, the tiny CPU testbed) and
+tokenizes these prompts for it.
 """
 
 from __future__ import annotations
