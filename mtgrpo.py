@@ -302,6 +302,7 @@ class Rows:  # a batch of groups flattened to R = groups x N rows
     task: torch.Tensor         # (R,) task index
 
 def flatten_groups(groups: list[Group], unbiased: bool, pad_id: int) -> Rows:
+    """Each group's N responses as rows, right-padded to the longest T, with their advantages (Eq. 11)."""
     T = max(g.response.shape[1] for g in groups)
 
     def pad(t: torch.Tensor, value: float) -> torch.Tensor:
@@ -582,7 +583,7 @@ def train(cfg: Config, stop: dict[str, int] | None = None) -> dict[str, Any]:
     opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     state = start_state(K, cfg, cfg.seed)
-    log = run.open_log(opt, state, METHODS)  # a resumed run's optimizer, loop state and log come back first
+    log = run.begin(opt, state, METHODS)  # a resumed run's optimizer, loop state and log come back first
     sample = functools.partial(policy.generate, run.model, max_new_tokens=cfg.max_response_len,
                                pad_id=pad_id, eos_ids=run.eos_ids, temperature=cfg.temperature,
                                top_p=cfg.top_p, gen_batch_size=cfg.gen_batch_size,

@@ -427,13 +427,13 @@ class Run:
     names: list[str]           # the K task names
     train_sets: list           # per task: (examples, prompt ids)
     test_sets: list
-    log: Callable | None = None  # open_log sets it: log(record) -> log.jsonl and --report-to's trackers
+    log: Callable | None = None  # begin() sets it: log(record) -> log.jsonl and --report-to's trackers
     first: int = 0             # the step the run (re)starts from
     t_start: float = 0.0
 
-    def open_log(self, opt: torch.optim.Optimizer, loop_state, methods: dict[str, dict]) -> Callable:
-        """A resumed run gets its optimizer, loop state and log back; a fresh one logs its config (and the
-        method it matches). Prints the run's header. -> log(record)."""
+    def begin(self, opt: torch.optim.Optimizer, loop_state, methods: dict[str, dict]) -> Callable:
+        """Before the first step: a resumed run gets its optimizer, loop state and log back; a fresh one
+        logs its config (and the method it matches). Opens the log, prints the header. -> log(record)."""
         cfg = self.cfg
         if self.saved:
             load_checkpoint(self.ckpt, self.saved, opt, loop_state, self.log_path)

@@ -150,6 +150,16 @@ def test_prompt_pools_draw_without_replacement_across_steps_and_refill():
     assert sorted(step(0, 5, 5)) == [0, 1, 2, 3, 4]
 
 
+def test_prompt_draws_takes_the_pools_only_when_there_are_pools():
+    """Both trainers get a step's draw from tasks.prompt_draws: with pools (--prompt-pools) it takes each pool's
+    front and keeps the rest for the next step; without, it is step_draws (every prompt once within the step)."""
+    pools = [[4, 2, 0, 1, 3]]
+    draw = tasks.prompt_draws(np.random.default_rng(0), 1, pools, refill_below=1)
+    assert draw(0, 2, 5) == [4, 2] and pools == [[0, 1, 3]]
+    draw = tasks.prompt_draws(np.random.default_rng(0), 1, None, refill_below=1)
+    assert sorted(draw(0, 3, 5) + draw(0, 2, 5)) == [0, 1, 2, 3, 4]
+
+
 def _batch_with_rounds(rounds: list[tuple[list[float], list[float]]]) -> M.SampledBatch:
     batch = M.SampledBatch([], [], [], np.zeros(2))
     batch.stats = [dict(correct=np.array(c), total=np.array(t), reward=0.0, tokens=0, seconds=0.0)
